@@ -1,0 +1,165 @@
+"""Server settings: defaults here, overridden by ``IM_*`` environment variables, then by flags.
+
+Every field of :class:`Settings` is one setting. Its environment variable is ``IM_`` + the upper-cased
+name and its command-line flag is ``--`` + the name with dashes, so ``long_poll_max_secs`` is
+``IM_LONG_POLL_MAX_SECS`` and ``--long-poll-max-secs``. ``python server.py --help`` lists them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Settings", "SettingsError", "build_arg_parser", "load_settings"]
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the setting."""
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Network
+    host: str = _setting("127.0.0.1", "address to listen on")
+    port: int = _setting(8888, "HTTP/WebSocket port")
+    node_id: str = _setting("", "this node's id in a cluster (default: host:port)")
+
+    # Storage
+    data_dir: str = _setting("data", "directory for the embedded store and generated secrets")
+    mongo_url: str = _setting(
+        "", "MongoDB URL; empty starts the embedded SecantusDB under data_dir (retryWrites=false is advised)"
+    )
+    mongo_db: str = _setting("im", "database name")
+    embedded_mongo_port: int = _setting(0, "port of the embedded SecantusDB (0 picks a free port)")
+    write_concern: str = _setting("majority", "write concern of message writes: majority or a number")
+    journal: bool = _setting(True, "ask the store to journal message writes before acknowledging them")
+    store_timeout_secs: float = _setting(10.0, "server selection / socket timeout towards the store")
+
+    # Redis (cluster mode)
+    redis_url: str = _setting("", "Redis URL; empty runs single-node with the in-process bus")
+
+    # Auth
+    jwt_secret: str = _setting("", "HS256 secret; empty generates one into data_dir/jwt_secret")
+    jwt_ttl_secs: int = _setting(7 * 24 * 3600, "lifetime of issued tokens")
+    jwt_issuer: str = _setting("im-server", "iss claim of issued tokens, checked on every request")
+
+    # Delivery
+    long_poll_default_secs: float = _setting(25.0, "long-poll wait when the client names none")
+    long_poll_max_secs: float = _setting(60.0, "longest long-poll wait a client may ask for")
+    pull_default_limit: int = _setting(100, "messages per pull when the client names no limit")
+    pull_max_limit: int = _setting(500, "most messages one pull may return")
+    device_idle_secs: int = _setting(
+        7 * 24 * 3600, "a device that has not acked for this long stops holding inbox entries back"
+    )
+    max_devices_per_user: int = _setting(20, "devices whose cursors are kept per user")
+    commit_max_batch: int = _setting(256, "most messages written in one group-commit transaction")
+
+    # Limits
+    max_body_bytes: int = _setting(64 * 1024, "largest HTTP request body of the JSON API")
+    max_frame_bytes: int = _setting(64 * 1024, "largest WebSocket frame answered with an error frame")
+    max_text_chars: int = _setting(16 * 1024, "longest message body, in characters")
+
+    # WebSocket
+    ws_ping_interval_secs: float = _setting(20.0, "server ping interval on WebSockets")
+    ws_ping_timeout_secs: float = _setting(30.0, "close a WebSocket whose pong is this late")
+    ws_auth_timeout_secs: float = _setting(10.0, "close a WebSocket that has not authenticated by then")
+    allowed_origins: str = _setting(
+        "", "comma-separated browser origins allowed for WebSocket and CORS (same host is always allowed)"
+    )
+
+    # Ops
+    log_level: str = _setting("INFO", "logging level")
+    static_dir: str = _setting("", "directory of the web client (default: the bundled static/)")
+
+    @property
+    def allowed_origin_list(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()]
+
+    @property
+    def effective_node_id(self) -> str:
+        return self.node_id or f"{self.host}:{self.port}"
+
+    def validate(self) -> Settings:
+        """Refuse values that would make the server misbehave instead of failing later."""
+        positive = (
+            "long_poll_default_secs", "long_poll_max_secs", "pull_default_limit", "pull_max_limit",
+            "device_idle_secs", "max_devices_per_user", "commit_max_batch", "max_body_bytes",
+            "max_frame_bytes", "max_text_chars", "jwt_ttl_secs", "store_timeout_secs",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be positive")
+        if self.long_poll_default_secs > self.long_poll_max_secs:
+            raise SettingsError("long_poll_default_secs must not exceed long_poll_max_secs")
+        if self.pull_default_limit > self.pull_max_limit:
+            raise SettingsError("pull_default_limit must not exceed pull_max_limit")
+        if not 0 <= self.port <= 65535:
+            raise SettingsError("port must be 0..65535")
+        if self.write_concern != "majority" and not self.write_concern.isdigit():
+            raise SettingsError("write_concern must be 'majority' or a number")
+        return self
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
+    kind = type(f.default)
+    try:
+        if kind is bool:
+            return _parse_bool(raw)
+        return kind(raw)
+    except ValueError:
+        raise SettingsError(f"{f.name}: cannot read {raw!r} as {kind.__name__}") from None
+
+
+def env_name(name: str) -> str:
+    return "IM_" + name.upper()
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="im-server",
+        description="Write-first, notify-then-pull messaging server. "
+        "Every flag can also be set by the IM_* environment variable shown.",
+    )
+    for f in dataclasses.fields(Settings):
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=None,
+            metavar=type(f.default).__name__.upper(),
+            help=f"{f.metadata['help']} [{env_name(f.name)}, default: {f.default!r}]",
+        )
+    return parser
+
+
+def load_settings(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None, **overrides: Any
+) -> Settings:
+    """Defaults, then environment, then command line, then keyword overrides (used by tests)."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    args = build_arg_parser().parse_args(list(argv)) if argv is not None else None
+    for f in dataclasses.fields(Settings):
+        raw = environ.get(env_name(f.name))
+        if args is not None and getattr(args, f.name) is not None:
+            raw = getattr(args, f.name)
+        if raw is not None:
+            values[f.name] = _convert(f, raw)
+    values.update(overrides)
+    return Settings(**values).validate()

@@ -1,0 +1,50 @@
+"""REST API for JWT callers: accounts, tokens, sending, pulling and acknowledging."""
+
+from __future__ import annotations
+
+from handlers.base import ApiHandler
+from im.protocol import parse_ack, parse_pull, parse_send, read_device, read_str, read_user_id
+
+__all__ = ["InboxAckHandler", "InboxHandler", "MessagesHandler", "TokensHandler", "UsersHandler"]
+
+
+class UsersHandler(ApiHandler):
+    async def post(self) -> None:
+        body = self.json_body()
+        user = read_user_id(body, "user")
+        await self.service.register(user, read_str(body, "password", max_chars=4096))
+        self.reply({"user": user}, status=201)
+
+
+class TokensHandler(ApiHandler):
+    async def post(self) -> None:
+        body = self.json_body()
+        user = read_user_id(body, "user")
+        device = read_device(body)
+        token, expires_at = await self.service.login(user, read_str(body, "password", max_chars=4096), device)
+        self.reply({"token": token, "token_type": "Bearer", "expires_at": expires_at, "user": user,
+                    "device": device}, status=201)
+
+
+class MessagesHandler(ApiHandler):
+    async def post(self) -> None:
+        principal = self.principal
+        request = parse_send(self.json_body(), max_text_chars=self.settings_.max_text_chars)
+        receipt = await self.service.send(principal, request)
+        self.reply(receipt.to_dict(sender=principal.user), status=200 if receipt.duplicate else 201)
+
+
+class InboxHandler(ApiHandler):
+    async def get(self) -> None:
+        principal = self.principal
+        after, limit = parse_pull(self.query(), default_limit=self.settings_.pull_default_limit,
+                                  max_limit=self.settings_.pull_max_limit)
+        result = await self.service.pull(principal, after=after, limit=limit)
+        self.reply(result.to_dict())
+
+
+class InboxAckHandler(ApiHandler):
+    async def post(self) -> None:
+        principal = self.principal
+        result = await self.service.ack(principal, upto=parse_ack(self.json_body()))
+        self.reply(result.to_dict())

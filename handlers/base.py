@@ -1,0 +1,120 @@
+"""Shared behaviour of the JSON API handlers: auth, body limits, CORS and the error body."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import tornado.web
+
+from config import Settings
+from handlers.errors import http_status
+from im.auth import Principal, parse_bearer
+from im.errors import ImError, TooLarge
+from im.protocol import decode_json_body
+from im.service import MessagingService
+
+__all__ = ["ApiHandler", "origin_allowed"]
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 413: "too_large", 500: "internal", 503: "unavailable"}
+
+
+def origin_allowed(origin: str, *, host: str, allowed: list[str]) -> bool:
+    """Same-host origins are always allowed; others only when listed in ``allowed_origins``."""
+    origin = origin.rstrip("/")
+    if origin in allowed or "*" in allowed:
+        return True
+    _, _, origin_host = origin.partition("://")
+    return origin_host.lower() == host.lower()
+
+
+class ApiHandler(tornado.web.RequestHandler):
+    service: MessagingService
+    settings_: Settings
+
+    def initialize(self, service: MessagingService, settings: Settings) -> None:
+        self.service = service
+        self.settings_ = settings
+        self._principal: Principal | None = None
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+
+    def prepare(self) -> None:
+        origin = self.request.headers.get("Origin")
+        allowed = self.settings_.allowed_origin_list
+        if origin and origin_allowed(origin, host=self.request.host, allowed=allowed):
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Vary", "Origin")
+        limit = self.settings_.max_body_bytes
+        declared = self.request.headers.get("Content-Length", "0")
+        if len(self.request.body) > limit or (declared.isdigit() and int(declared) > limit):
+            raise TooLarge(f"request body is larger than {limit} bytes", code="body_too_large")
+
+    def options(self, *args: Any) -> None:
+        """CORS preflight for the configured origins (long-poll from another origin's page)."""
+        self.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+        self.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type")
+        self.set_header("Access-Control-Max-Age", "600")
+        self.set_status(204)
+
+    # -- helpers for subclasses -----------------------------------------------------------------------
+
+    @property
+    def principal(self) -> Principal:
+        """The authenticated caller; raises the 401 error on a missing or bad token."""
+        if self._principal is None:
+            token = parse_bearer(self.request.headers.get("Authorization"))
+            self._principal = self.service.authenticate(token)
+        return self._principal
+
+    def json_body(self) -> dict[str, Any]:
+        return decode_json_body(self.request.body, max_bytes=self.settings_.max_body_bytes)
+
+    def query(self) -> dict[str, str]:
+        return {name: values[-1].decode("utf-8", "replace")
+                for name, values in self.request.query_arguments.items() if values}
+
+    def reply(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
+
+    # -- errors ---------------------------------------------------------------------------------------
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(error, ImError):
+            status_code = http_status(error)
+        super().send_error(status_code, **kwargs)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(error, ImError):
+            body = error.to_dict()
+            retry_after = getattr(error, "retry_after_secs", None)
+            if retry_after is not None:
+                self.set_header("Retry-After", str(max(1, round(retry_after))))
+        elif isinstance(error, tornado.web.HTTPError) and error.log_message and status_code < 500:
+            body = {"code": _HTTP_CODES.get(status_code, "error"), "message": error.log_message % error.args}
+        else:
+            body = {"code": _HTTP_CODES.get(status_code, "error"), "message": self._reason}
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps({"error": body}, separators=(",", ":")))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, ImError):
+            log.warning("%s %s -> %s: %s", self.request.method, self.request.path, value.code, value.message)
+        else:
+            super().log_exception(typ, value, tb)
+
+
+class NotFoundHandler(ApiHandler):
+    """JSON 404 for unknown API paths (and 405-free: any method)."""
+
+    def prepare(self) -> None:
+        raise tornado.web.HTTPError(404, "no such endpoint: %s", self.request.path)

@@ -1,0 +1,175 @@
+"""WebSocket transport (``/ws``): JSON text frames or msgpack binary frames, one schema.
+
+The socket only ever receives a body-less ``notify`` from the server unprompted; everything else is a
+reply to a client frame. Notifies are coalesced: while one is being written, newer seqs overwrite the
+pending one, so a slow reader holds at most one notify in memory however fast messages arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import tornado.websocket
+
+from config import Settings
+from handlers.base import origin_allowed
+from handlers.errors import error_frame
+from im.auth import Principal, parse_bearer
+from im.errors import AuthError, ImError, InvalidInput
+from im.protocol import decode_frame, encode_frame, parse_ack, parse_pull, parse_send, read_str
+from im.service import MessagingService
+
+__all__ = ["ImWebSocket", "hard_frame_limit"]
+
+log = logging.getLogger(__name__)
+
+# Close codes in the private range (4000-4999) so clients can tell them from protocol closes.
+CLOSE_AUTH_TIMEOUT = 4401
+
+
+def hard_frame_limit(settings: Settings) -> int:
+    """Frames up to this size are read and, if over ``max_frame_bytes``, answered with an error frame;
+    larger ones make Tornado close the socket (1009) before buffering them."""
+    return max(settings.max_frame_bytes * 16, 1024 * 1024)
+
+
+class ImWebSocket(tornado.websocket.WebSocketHandler):
+    service: MessagingService
+    settings_: Settings
+
+    def initialize(self, service: MessagingService, settings: Settings) -> None:
+        self.service = service
+        self.settings_ = settings
+        self.principal: Principal | None = None
+        self.binary = False
+        self._auth_timer: asyncio.TimerHandle | None = None
+        self._pending_seq = -1
+        self._sent_seq = -1
+        self._notify_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- handshake ------------------------------------------------------------------------------------
+
+    def check_origin(self, origin: str) -> bool:
+        return origin_allowed(origin, host=self.request.host, allowed=self.settings_.allowed_origin_list)
+
+    def get_compression_options(self) -> dict[str, Any] | None:
+        return None  # frames are tiny; deflate would cost CPU and ~64 KiB per socket
+
+    async def open(self) -> None:
+        self.binary = self.get_query_argument("format", "json") == "msgpack"
+        header = self.request.headers.get("Authorization")
+        if header:
+            try:
+                await self._authenticate(parse_bearer(header))
+            except ImError as error:
+                self._send_frame(error_frame(error))
+                self.close(CLOSE_AUTH_TIMEOUT, "authentication failed")
+            return
+        loop = asyncio.get_running_loop()
+        self._auth_timer = loop.call_later(self.settings_.ws_auth_timeout_secs, self._auth_timed_out)
+
+    def _auth_timed_out(self) -> None:
+        if self.principal is None and not self._closed:
+            self._send_frame({"t": "error", "code": "auth_timeout",
+                              "message": "no valid auth frame within the time limit"})
+            self.close(CLOSE_AUTH_TIMEOUT, "authentication timeout")
+
+    async def _authenticate(self, token: str) -> None:
+        principal = self.service.authenticate(token)
+        if self._closed:
+            return
+        self.principal = principal
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
+        await self.service.connect(principal, self)
+
+    # -- frames from the client -----------------------------------------------------------------------
+
+    async def on_message(self, message: str | bytes) -> None:
+        self.binary = isinstance(message, bytes)
+        rid = None
+        try:
+            frame = decode_frame(message, max_bytes=self.settings_.max_frame_bytes)
+            rid = frame.get("rid")
+            reply = await self._dispatch(frame)
+        except ImError as error:
+            log.info("ws %s: %s (%s)", self._who(), error.code, error.message)
+            reply = error_frame(error, rid=rid)
+        if rid is not None:
+            reply["rid"] = rid
+        self._send_frame(reply)
+
+    async def _dispatch(self, frame: dict[str, Any]) -> dict[str, Any]:
+        kind = frame["t"]
+        if kind == "ping":
+            return {"t": "pong"}
+        if kind == "auth":
+            if self.principal is not None:
+                raise InvalidInput("this connection is already authenticated", code="already_authenticated")
+            await self._authenticate(read_str(frame, "token", max_chars=8192))
+            assert self.principal is not None
+            return {"t": "auth", "ok": True, "user": self.principal.user, "device": self.principal.device}
+        principal = self.principal
+        if principal is None:
+            raise AuthError("send an auth frame first", code="unauthenticated")
+        service, settings = self.service, self.settings_
+        if kind == "send":
+            receipt = await service.send(principal, parse_send(frame, max_text_chars=settings.max_text_chars))
+            return {"t": "sent", **receipt.to_dict(sender=principal.user)}
+        if kind == "pull":
+            after, limit = parse_pull(frame, default_limit=settings.pull_default_limit,
+                                      max_limit=settings.pull_max_limit)
+            result = await service.pull(principal, after=after, limit=limit)
+            return {"t": "msgs", **result.to_dict()}
+        if kind == "ack":
+            upto = parse_ack(frame)
+            result = await service.ack(principal, upto=upto)
+            return {"t": "acked", "upto": upto, **result.to_dict()}
+        raise InvalidInput(f"unknown frame type {kind!r}", code="unknown_type", field="t")
+
+    # -- notifies to the client -----------------------------------------------------------------------
+
+    def inbox_changed(self, seq: int) -> None:
+        """Hub callback: queue a notify; at most one write is in flight and one seq pending."""
+        if seq == 0:
+            seq = max(self._sent_seq, 0)  # "re-check": send the last known head again
+            self._sent_seq = -1
+        self._pending_seq = max(self._pending_seq, seq)
+        if self._notify_task is None and not self._closed:
+            self._notify_task = asyncio.create_task(self._flush_notifies())
+
+    async def _flush_notifies(self) -> None:
+        try:
+            while self._pending_seq > self._sent_seq and not self._closed:
+                seq = self._sent_seq = self._pending_seq
+                await self.write_message(encode_frame({"t": "notify", "seq": seq}, binary=self.binary),
+                                         binary=self.binary)
+        except tornado.websocket.WebSocketClosedError:
+            pass
+        finally:
+            self._notify_task = None
+
+    # -- plumbing -------------------------------------------------------------------------------------
+
+    def _send_frame(self, frame: dict[str, Any]) -> None:
+        if self._closed:
+            return
+        with contextlib.suppress(tornado.websocket.WebSocketClosedError):
+            self.write_message(encode_frame(frame, binary=self.binary), binary=self.binary)
+
+    def _who(self) -> str:
+        return f"{self.principal.user}/{self.principal.device}" if self.principal else "unauthenticated"
+
+    def on_close(self) -> None:
+        self._closed = True
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+        if self._notify_task is not None:
+            self._notify_task.cancel()
+        if self.principal is not None:
+            self.service.disconnect(self.principal, self)

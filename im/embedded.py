@@ -1,0 +1,108 @@
+"""The embedded store: a SecantusDB server run as a child process.
+
+SecantusDB is GPL-2.0, so it is never imported: it runs as its own process and the server talks to it
+over the MongoDB wire protocol through the driver, exactly as to a real ``mongod``. Tests use the same
+class to start a throwaway store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["EmbeddedMongo", "free_port"]
+
+log = logging.getLogger(__name__)
+
+# SecantusDB starts in about a second on this machine kind; allow for a loaded CI machine.
+START_TIMEOUT_SECS = 60.0
+# It flushes WiredTiger on SIGTERM in about two seconds.
+STOP_TIMEOUT_SECS = 20.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class EmbeddedMongo:
+    """Start, locate and stop one SecantusDB process with its data under ``storage_path``."""
+
+    def __init__(self, storage_path: str | os.PathLike[str], *, port: int = 0, host: str = "127.0.0.1",
+                 log_path: str | os.PathLike[str] | None = None) -> None:
+        self.storage_path = Path(storage_path)
+        self.host = host
+        self.port = port or free_port(host)
+        self.log_path = Path(log_path) if log_path else self.storage_path.parent / "secantus.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        # retryWrites=false: with retryable writes SecantusDB's write rate decays as its retry records
+        # grow; sends are idempotent through client_msg_id anyway.
+        return f"mongodb://{self.host}:{self.port}/?directConnection=true&retryWrites=false"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def start(self) -> EmbeddedMongo:
+        self.storage_path.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, "-m", "secantus", "--host", self.host, "--port", str(self.port),
+            "--storage-path", str(self.storage_path), "--log-level", "WARNING",
+        ]
+        log.info("starting embedded SecantusDB on %s:%d with data in %s", self.host, self.port,
+                 self.storage_path)
+        with open(self.log_path, "ab") as log_file:
+            self._process = subprocess.Popen(
+                command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + START_TIMEOUT_SECS
+        while not _port_open(self.host, self.port):
+            if self._process.poll() is not None:
+                raise RuntimeError(
+                    f"SecantusDB exited with code {self._process.returncode} at start; see {self.log_path}"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"SecantusDB did not listen on port {self.port} within "
+                                   f"{START_TIMEOUT_SECS:.0f} s; see {self.log_path}")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT_SECS)
+        except subprocess.TimeoutExpired:
+            log.warning("SecantusDB did not stop within %.0f s; killing it", STOP_TIMEOUT_SECS)
+            process.kill()
+            process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (fault tests)."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()

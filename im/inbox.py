@@ -1,0 +1,277 @@
+"""Per-user inboxes: atomic seq allocation with the write, bounded pulls, device cursors and trimming.
+
+Why one transaction per batch: the counter ``$inc``, the archive documents and the inbox entries commit
+together. A seq is therefore never allocated without its entry (no hole a puller could skip, no gap
+after a crash), and a concurrent writer to the same inbox conflicts on the counter document and is
+retried by the driver, so entries become visible strictly in seq order. Many concurrent sends share one
+transaction (see ``im/committer.py``), which is what makes the store's per-write cost affordable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING, UpdateOne
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.read_concern import ReadConcern
+
+from im.errors import InvalidInput
+from im.models import AckResult, Draft, PullResult, Receipt
+from im.store import Store, new_epoch, store_errors, utcnow
+
+__all__ = ["CursorState", "InboxStore", "trim_floor"]
+
+log = logging.getLogger(__name__)
+
+# A duplicate client_msg_id racing in from another node aborts the batch transaction; the batch is
+# then re-checked and written again. More rounds than this means something else is wrong.
+MAX_DEDUP_ROUNDS = 3
+
+
+def _ms(ts: datetime) -> int:
+    return int(ts.timestamp() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class CursorState:
+    device: str
+    seq: int
+    seen_at: datetime
+
+
+def trim_floor(cursors: Iterable[CursorState], *, now: datetime, idle_secs: float) -> int | None:
+    """The highest seq every active device has acknowledged, or None when no device is active.
+
+    A device that has not acked for ``idle_secs`` stops holding entries back: when it returns, its
+    pull reports ``gap`` and it resyncs from history, instead of the inbox growing forever.
+    """
+    oldest_allowed = now - timedelta(seconds=idle_secs)
+    active = [c.seq for c in cursors if c.seen_at >= oldest_allowed]
+    return min(active) if active else None
+
+
+def _entry_to_message(doc: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "seq": doc["seq"],
+        "msg_id": str(doc["msg"]),
+        "conv": doc["conv"],
+        "from": doc["from"],
+        "to": doc["to"],
+        "kind": doc["kind"],
+        "body": doc["body"],
+        "client_msg_id": doc["cmid"],
+        "ts": _ms(doc["ts"]),
+    }
+
+
+def _receipt_from_archive(doc: Mapping[str, Any], *, duplicate: bool) -> Receipt:
+    return Receipt(
+        msg_id=str(doc["_id"]),
+        client_msg_id=doc["cmid"],
+        conv=doc["conv"],
+        to=doc["to"],
+        ts=_ms(doc["ts"]),
+        seqs={r["u"]: r["s"] for r in doc["rcpt"]},
+        duplicate=duplicate,
+    )
+
+
+class InboxStore:
+    """Reads and writes inboxes. Every method is safe to call concurrently and from several nodes."""
+
+    def __init__(self, store: Store, *, device_idle_secs: float, max_devices_per_user: int) -> None:
+        self._store = store
+        self._device_idle_secs = device_idle_secs
+        self._max_devices = max_devices_per_user
+
+    # -- write ----------------------------------------------------------------------------------------
+
+    async def append(self, drafts: Sequence[Draft]) -> list[Receipt]:
+        """Durably store ``drafts`` (archive + one inbox entry per recipient) and return their receipts.
+
+        Receipts are in the order of ``drafts``. A draft whose (sender, client_msg_id) was stored before,
+        or earlier in the same batch, gets the original receipt with ``duplicate=True`` and stores nothing.
+        """
+        receipts: dict[tuple[str, str], Receipt] = {}
+        for _ in range(MAX_DEDUP_ROUNDS):
+            receipts.update(await self._stored_receipts([d for d in drafts if d.dedup_key not in receipts]))
+            fresh: dict[tuple[str, str], Draft] = {}
+            for draft in drafts:
+                if draft.dedup_key not in receipts:
+                    fresh.setdefault(draft.dedup_key, draft)
+            if not fresh:
+                break
+            try:
+                receipts.update(await self._write_batch(list(fresh.values())))
+                break
+            except BulkWriteError as exc:
+                if not all(e.get("code") == 11000 for e in exc.details.get("writeErrors", [])):
+                    raise
+                log.info("duplicate client_msg_id raced in; re-checking a batch of %d", len(fresh))
+        else:
+            raise DuplicateKeyError("could not settle duplicate client_msg_ids")
+        out: list[Receipt] = []
+        first_of: set[tuple[str, str]] = set()
+        for draft in drafts:
+            receipt = receipts[draft.dedup_key]
+            if not receipt.duplicate and draft.dedup_key in first_of:
+                receipt = _with_duplicate(receipt)
+            first_of.add(draft.dedup_key)
+            out.append(receipt)
+        return out
+
+    async def _stored_receipts(self, drafts: Sequence[Draft]) -> dict[tuple[str, str], Receipt]:
+        if not drafts:
+            return {}
+        keys = list({d.dedup_key for d in drafts})
+        query = {"$or": [{"from": sender, "cmid": cmid} for sender, cmid in keys]}
+        async with store_errors("checking for duplicate sends"):
+            docs = await self._store.messages.find(query).to_list(len(keys))
+        return {(doc["from"], doc["cmid"]): _receipt_from_archive(doc, duplicate=True) for doc in docs}
+
+    async def _write_batch(self, drafts: list[Draft]) -> dict[tuple[str, str], Receipt]:
+        store = self._store
+        per_inbox = Counter(user for draft in drafts for user in draft.recipients)
+        now = utcnow()
+        msg_ids = [ObjectId() for _ in drafts]
+
+        async def write(session: AsyncClientSession) -> dict[tuple[str, str], Receipt]:
+            # Claim a block of seqs in every inbox of the batch, then read back the new heads. The read
+            # is inside the transaction that holds the counters' write locks, so the heads are ours.
+            await store.counters.bulk_write(
+                [
+                    UpdateOne(
+                        {"_id": user},
+                        {"$inc": {"seq": n}, "$setOnInsert": {"trimmed": 0, "epoch": new_epoch()}},
+                        upsert=True,
+                    )
+                    for user, n in per_inbox.items()
+                ],
+                ordered=False,
+                session=session,
+            )
+            heads = {
+                doc["_id"]: doc["seq"]
+                async for doc in store.counters.find(
+                    {"_id": {"$in": list(per_inbox)}}, {"seq": 1}, session=session
+                )
+            }
+            next_seq = {user: heads[user] - n + 1 for user, n in per_inbox.items()}
+            archive: list[dict[str, Any]] = []
+            entries: list[dict[str, Any]] = []
+            receipts: dict[tuple[str, str], Receipt] = {}
+            for draft, msg_id in zip(drafts, msg_ids, strict=True):
+                seqs: dict[str, int] = {}
+                for user in draft.recipients:
+                    seqs[user] = next_seq[user]
+                    next_seq[user] += 1
+                common = {"conv": draft.conv, "from": draft.sender, "to": draft.to, "kind": draft.kind,
+                          "body": draft.body, "cmid": draft.client_msg_id, "ts": now}
+                archive.append({"_id": msg_id, **common, "rcpt": [{"u": u, "s": s} for u, s in seqs.items()]})
+                entries.extend({"user": u, "seq": s, "msg": msg_id, **common} for u, s in seqs.items())
+                receipts[draft.dedup_key] = Receipt(
+                    msg_id=str(msg_id), client_msg_id=draft.client_msg_id, conv=draft.conv, to=draft.to,
+                    ts=_ms(now), seqs=seqs,
+                )
+            await store.messages.insert_many(archive, ordered=True, session=session)
+            await store.inbox.insert_many(entries, ordered=True, session=session)
+            return receipts
+
+        async with store_errors("storing messages"), store.client.start_session() as session:
+            return await session.with_transaction(
+                write, read_concern=ReadConcern("local"), write_concern=store.write_concern
+            )
+
+    # -- read -----------------------------------------------------------------------------------------
+
+    async def head(self, user: str) -> tuple[int, int, str]:
+        """``(head seq, trimmed floor, epoch)`` of ``user``'s inbox."""
+        async with store_errors("reading an inbox head"):
+            doc = await self._store.counters.find_one({"_id": user})
+        if doc is None:
+            # A user created before counters existed; an upsert gives it an epoch that then stays.
+            async with store_errors("creating an inbox"):
+                await self._store.counters.update_one(
+                    {"_id": user}, {"$setOnInsert": {"seq": 0, "trimmed": 0, "epoch": new_epoch()}},
+                    upsert=True,
+                )
+                doc = await self._store.counters.find_one({"_id": user})
+        assert doc is not None
+        return doc["seq"], doc.get("trimmed", 0), doc["epoch"]
+
+    async def pull(self, user: str, *, after: int, limit: int) -> PullResult:
+        """Up to ``limit`` entries with seq > ``after``, in seq order.
+
+        The range is bounded on both sides by the counter (SecantusDB reads every match before limiting),
+        and because writes are transactional the range has no holes.
+        """
+        head, trimmed, epoch = await self.head(user)
+        gap = after < trimmed or after > head
+        start = trimmed if gap else after
+        end = min(start + limit, head)
+        if end <= start:
+            return PullResult(messages=[], next=start, head=head, epoch=epoch, gap=gap, more=False)
+        async with store_errors("pulling an inbox"):
+            docs = await self._store.inbox.find(
+                {"user": user, "seq": {"$gt": start, "$lte": end}}
+            ).sort("seq", ASCENDING).to_list(end - start)
+        return PullResult(
+            messages=[_entry_to_message(d) for d in docs], next=end, head=head, epoch=epoch, gap=gap,
+            more=end < head,
+        )
+
+    # -- acknowledge and trim -------------------------------------------------------------------------
+
+    async def ack(self, user: str, device: str, *, upto: int, now: datetime | None = None) -> AckResult:
+        """Record that ``device`` holds everything <= ``upto`` and trim what every active device holds.
+
+        The archive keeps every message; only inbox entries are deleted.
+        """
+        now = now or utcnow()
+        head, trimmed, _ = await self.head(user)
+        if upto > head:
+            raise InvalidInput(f"upto ({upto}) is beyond the inbox head ({head})", field="upto")
+        store = self._store
+        async with store_errors("acknowledging"):
+            await store.cursors.update_one(
+                {"_id": f"{user}/{device}"},
+                {"$max": {"seq": upto}, "$set": {"user": user, "device": device, "seen_at": now}},
+                upsert=True,
+            )
+            docs = await store.cursors.find({"user": user}).to_list(self._max_devices * 2)
+        cursors = [CursorState(d["device"], d["seq"], d["seen_at"]) for d in docs]
+        await self._forget_extra_devices(user, cursors)
+        own = next((c.seq for c in cursors if c.device == device), upto)
+        floor = trim_floor(cursors, now=now, idle_secs=self._device_idle_secs)
+        if floor is not None and floor > trimmed:
+            async with store_errors("trimming an inbox"):
+                # Raise the floor first: a crash between the two steps then errs towards reporting a gap,
+                # never towards silently missing entries.
+                await store.counters.update_one({"_id": user}, {"$max": {"trimmed": floor}})
+                await store.inbox.delete_many({"user": user, "seq": {"$gt": trimmed, "$lte": floor}})
+            trimmed = floor
+        return AckResult(cursor=own, trimmed=trimmed)
+
+    async def _forget_extra_devices(self, user: str, cursors: list[CursorState]) -> None:
+        if len(cursors) <= self._max_devices:
+            return
+        cursors.sort(key=lambda c: c.seen_at, reverse=True)
+        dropped = cursors[self._max_devices:]
+        del cursors[self._max_devices:]
+        async with store_errors("dropping old devices"):
+            await self._store.cursors.delete_many({"_id": {"$in": [f"{user}/{c.device}" for c in dropped]}})
+        log.info("user %s: forgot %d least recently seen device cursor(s)", user, len(dropped))
+
+
+def _with_duplicate(receipt: Receipt) -> Receipt:
+    return Receipt(
+        msg_id=receipt.msg_id, client_msg_id=receipt.client_msg_id, conv=receipt.conv, to=receipt.to,
+        ts=receipt.ts, seqs=receipt.seqs, duplicate=True,
+    )

@@ -1,0 +1,151 @@
+"""MongoDB access through PyMongo's ``AsyncMongoClient`` (the successor of Motor).
+
+This module owns the client, the collections and their indexes, and translates driver errors into
+domain errors at the boundary. Query logic lives with its use: users here, inboxes in ``im/inbox.py``.
+
+SecantusDB notes (see shared DESIGN.md section 7): connect with ``retryWrites=false``, and bound every
+range query on both sides, because it reads all matches before applying sort and limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import ASCENDING, AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import (
+    ConnectionFailure,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+)
+from pymongo.write_concern import WriteConcern
+
+from im.errors import ConflictError, StoreUnavailable
+
+__all__ = ["Store", "new_epoch", "store_errors", "utcnow"]
+
+log = logging.getLogger(__name__)
+
+# Positive "user exists" answers kept in memory; users are never deleted, so a hit cannot go stale.
+KNOWN_USERS_CACHE_SIZE = 100_000
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_epoch() -> str:
+    """A fresh random inbox epoch: a client that sees it change knows its seq cursor is meaningless."""
+    return secrets.token_hex(6)
+
+
+@contextlib.asynccontextmanager
+async def store_errors(action: str) -> AsyncIterator[None]:
+    """Translate driver failures into :class:`StoreUnavailable` (clients may retry) at the boundary."""
+    try:
+        yield
+    except DuplicateKeyError:
+        raise
+    except (ConnectionFailure, ServerSelectionTimeoutError) as exc:
+        log.warning("store unreachable during %s: %s", action, exc)
+        raise StoreUnavailable(f"the message store is unavailable ({action}); retry later") from None
+    except OperationFailure as exc:
+        log.error("store refused %s: %s", action, exc)
+        raise StoreUnavailable(f"the message store refused the operation ({action}); retry later") from None
+    except PyMongoError as exc:
+        log.error("store error during %s: %s", action, exc)
+        raise StoreUnavailable(f"the message store failed ({action}); retry later") from None
+
+
+class Store:
+    """The database handle, its collections and the user accounts."""
+
+    def __init__(
+        self, url: str, db_name: str, *, write_concern: str = "majority", journal: bool = True,
+        timeout_secs: float = 10.0,
+    ) -> None:
+        timeout_ms = int(timeout_secs * 1000)
+        self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            url,
+            tz_aware=True,
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+            socketTimeoutMS=timeout_ms,
+            appname="im-server",
+        )
+        w: str | int = write_concern if write_concern == "majority" else int(write_concern)
+        self.write_concern = WriteConcern(w=w, j=journal)
+        self.db: AsyncDatabase[dict[str, Any]] = self.client.get_database(
+            db_name, write_concern=self.write_concern
+        )
+        self.users = self.db["users"]
+        self.counters = self.db["counters"]
+        self.inbox = self.db["inbox"]
+        self.messages = self.db["messages"]
+        self.cursors = self.db["cursors"]
+        self._known_users: OrderedDict[str, None] = OrderedDict()
+
+    async def ensure_indexes(self) -> None:
+        """Create the indexes the queries and invariants rely on (idempotent)."""
+        async with store_errors("creating indexes"):
+            await self.inbox.create_index([("user", ASCENDING), ("seq", ASCENDING)], unique=True)
+            # Idempotent sends: a retry with the same client_msg_id finds the original.
+            await self.messages.create_index(
+                [("from", ASCENDING), ("cmid", ASCENDING)], unique=True, name="from_cmid_unique"
+            )
+            await self.messages.create_index([("conv", ASCENDING), ("_id", ASCENDING)])
+            await self.cursors.create_index([("user", ASCENDING)])
+
+    async def ping(self) -> None:
+        async with store_errors("ping"):
+            await self.client.admin.command("ping")
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    # -- users ----------------------------------------------------------------------------------------
+
+    async def create_user(self, user: str, password_hash: str) -> None:
+        """Insert a user and its inbox counter; :class:`ConflictError` if the id is taken."""
+        now = utcnow()
+        async with store_errors("registering a user"):
+            try:
+                await self.users.insert_one({"_id": user, "password_hash": password_hash, "created_at": now})
+            except DuplicateKeyError:
+                raise ConflictError(f"user id {user!r} is already taken", code="user_exists",
+                                    field="user") from None
+            # The counter carries the inbox epoch; upsert so a half-finished earlier attempt is completed.
+            await self.counters.update_one(
+                {"_id": user},
+                {"$setOnInsert": {"seq": 0, "trimmed": 0, "epoch": new_epoch()}},
+                upsert=True,
+            )
+        self._remember(user)
+
+    async def password_hash(self, user: str) -> str | None:
+        async with store_errors("reading a user"):
+            doc = await self.users.find_one({"_id": user}, {"password_hash": 1})
+        return None if doc is None else doc["password_hash"]
+
+    async def user_exists(self, user: str) -> bool:
+        if user in self._known_users:
+            self._known_users.move_to_end(user)
+            return True
+        async with store_errors("reading a user"):
+            found = await self.users.find_one({"_id": user}, {"_id": 1}) is not None
+        if found:
+            self._remember(user)
+        return found
+
+    def _remember(self, user: str) -> None:
+        self._known_users[user] = None
+        if len(self._known_users) > KNOWN_USERS_CACHE_SIZE:
+            self._known_users.popitem(last=False)

@@ -1,0 +1,78 @@
+"""Entry point: ``python server.py [--flags]`` (or the ``im-server`` console script).
+
+With no configuration it starts an embedded SecantusDB under ``./data`` and listens on
+http://127.0.0.1:8888, serving the web client at ``/``. ``python server.py --help`` lists every setting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import tornado.httpserver
+
+from config import Settings, SettingsError, load_settings
+from handlers.app import make_app
+from im.runtime import Runtime
+
+log = logging.getLogger("im.server")
+
+# Time given to in-flight requests (long-polls end early) before connections are cut at shutdown.
+SHUTDOWN_GRACE_SECS = 5.0
+# The HTTP server refuses bodies over this multiple of max_body_bytes outright (plain 400, connection
+# closed); bodies between the two limits get a JSON 413 from the handler.
+HARD_BODY_LIMIT_FACTOR = 4
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+def build_http_server(runtime: Runtime) -> tornado.httpserver.HTTPServer:
+    settings = runtime.settings
+    return tornado.httpserver.HTTPServer(
+        make_app(runtime.service, settings),
+        max_body_size=settings.max_body_bytes * HARD_BODY_LIMIT_FACTOR,
+        idle_connection_timeout=settings.long_poll_max_secs + 30,
+        xheaders=True,
+    )
+
+
+async def serve(settings: Settings) -> None:
+    runtime = await Runtime.start(settings)
+    server = build_http_server(runtime)
+    server.listen(settings.port, settings.host)
+    log.info("listening on http://%s:%d (node %s)", settings.host, settings.port, settings.effective_node_id)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    server.stop()
+    try:
+        await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE_SECS)
+    except TimeoutError:
+        log.warning("some connections were still open after %.0f s", SHUTDOWN_GRACE_SECS)
+    await runtime.close()
+    log.info("stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load_settings(sys.argv[1:] if argv is None else argv)
+    except SettingsError as exc:
+        print(f"im-server: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    asyncio.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
