@@ -1,0 +1,76 @@
+"""Fixtures: one real SecantusDB process per test session, a fresh database and app per test.
+
+The store is never mocked: it is the same SecantusDB the server embeds, started on a free loopback port
+with a temporary data directory, and reached through the driver like any MongoDB.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config import Settings, load_settings
+from im.embedded import EmbeddedMongo, free_port
+from tests.helpers import Node
+
+TEST_JWT_SECRET = "test-secret-" + "x" * 40
+_db_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def mongo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedMongo]:
+    """A SecantusDB server for the whole session (or IM_TEST_MONGO_URL's server when set)."""
+    external = os.environ.get("IM_TEST_MONGO_URL")
+    if external:
+        yield _External(external)  # type: ignore[misc]
+        return
+    root = tmp_path_factory.mktemp("secantus")
+    server = EmbeddedMongo(root / "data", log_path=root / "secantus.log").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class _External:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+
+@pytest.fixture
+def db_name(request: pytest.FixtureRequest) -> str:
+    """A database of its own for each test, so tests never see each other's data."""
+    return f"t{os.getpid()}_{next(_db_numbers)}"
+
+
+def make_settings(mongo_url: str, db_name: str, data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "mongo_url": mongo_url,
+        "mongo_db": db_name,
+        "data_dir": str(data_dir),
+        "jwt_secret": TEST_JWT_SECRET,
+        "port": free_port(),
+        "write_concern": "1",
+    }
+    values.update(overrides)
+    return load_settings(environ={}, **values)
+
+
+@pytest.fixture
+def settings(mongo: EmbeddedMongo, db_name: str, tmp_path: Path) -> Settings:
+    return make_settings(mongo.url, db_name, tmp_path)
+
+
+@pytest.fixture
+async def node(settings: Settings) -> AsyncIterator[Node]:
+    """A running server on a free port, talking to the session's SecantusDB."""
+    running = await Node.start(settings)
+    try:
+        yield running
+    finally:
+        await running.stop()
