@@ -69,7 +69,9 @@ class Settings:
 
     # WebSocket
     ws_ping_interval_secs: float = _setting(20.0, "server ping interval on WebSockets")
-    ws_ping_timeout_secs: float = _setting(30.0, "close a WebSocket whose pong is this late")
+    # Tornado refuses a ping timeout longer than the interval; a dead peer is dropped after the timeout
+    # plus Tornado's 5 s close handshake.
+    ws_ping_timeout_secs: float = _setting(20.0, "close a WebSocket whose pong is this late (<= interval)")
     ws_auth_timeout_secs: float = _setting(10.0, "close a WebSocket that has not authenticated by then")
     allowed_origins: str = _setting(
         "", "comma-separated browser origins allowed for WebSocket and CORS (same host is always allowed)"
@@ -99,6 +101,8 @@ class Settings:
                 raise SettingsError(f"{name} must be positive")
         if self.long_poll_default_secs > self.long_poll_max_secs:
             raise SettingsError("long_poll_default_secs must not exceed long_poll_max_secs")
+        if self.ws_ping_timeout_secs > self.ws_ping_interval_secs:
+            raise SettingsError("ws_ping_timeout_secs must not exceed ws_ping_interval_secs")
         if self.pull_default_limit > self.pull_max_limit:
             raise SettingsError("pull_default_limit must not exceed pull_max_limit")
         if not 0 <= self.port <= 65535:

@@ -45,8 +45,8 @@ class InvalidInput(ImError):
     code = "invalid"
 
 
-class TooLarge(ImError):
-    """A body, frame or field is over its configured limit."""
+class TooLarge(InvalidInput):
+    """A body, frame or field is over its configured limit (invalid input with its own status, 413)."""
 
     code = "too_large"
 

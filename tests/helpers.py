@@ -20,7 +20,6 @@ import tornado.httpserver
 import tornado.websocket
 
 from config import Settings
-from handlers.app import make_app
 from im.runtime import Runtime
 
 PASSWORD = "correct horse battery"
@@ -50,7 +49,7 @@ class Node:
         self.http = tornado.httpclient.AsyncHTTPClient(force_instance=True)
 
     @property
-    def service(self):  # noqa: ANN201 - convenience for tests
+    def service(self):
         return self.runtime.service
 
     @classmethod

@@ -1,0 +1,165 @@
+"""WebSocket transport: notify, then pull, then ack; JSON and msgpack; bad frames; dead sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+
+import msgpack
+import pytest
+
+from config import Settings
+from tests.conftest import make_settings
+from tests.helpers import Node, drain_inbox
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "msgpack"])
+async def test_send_notify_pull_ack(node: Node, binary: bool) -> None:
+    alice, bob = await node.user("alice"), await node.user("bob")
+    async with node.ws(alice, binary=binary) as a, node.ws(bob, binary=binary) as b:
+        sent = await a.send("bob", "hi over ws", client_msg_id="w-1")
+        assert sent["t"] == "sent" and sent["seq"] == 1 and sent["client_msg_id"] == "w-1"
+        assert await b.notify() == 1  # body-less: just the seq
+        msgs = await b.pull(after=0)
+        assert msgs["t"] == "msgs"
+        assert [(m["seq"], m["body"], m["from"]) for m in msgs["messages"]] == [(1, "hi over ws", "alice")]
+        acked = await b.ack(msgs["next"])
+        assert acked["t"] == "acked" and acked["upto"] == 1 and acked["trimmed"] == 1
+        assert await node.service.store.inbox.count_documents({"user": "bob"}) == 0
+        assert await node.service.store.messages.count_documents({}) == 1
+        # The sender's own socket hears about its message too (one timeline across its sessions).
+        assert await a.notify() == 1
+
+
+async def test_binary_replies_are_msgpack(node: Node) -> None:
+    alice = await node.user("alice")
+    async with node.ws(alice, binary=True) as a:
+        await a.send_raw(msgpack.packb({"t": "ping", "rid": 9}))
+        reply = await a.reply()
+        assert reply == {"t": "pong", "rid": 9}
+
+
+async def test_header_authentication(node: Node) -> None:
+    alice = await node.user("alice")
+    async with node.ws(alice, header_auth=True) as a:
+        assert (await a.call({"t": "ping"}))["t"] == "pong"
+        assert (await a.send("alice", "self"))["t"] == "sent"
+
+
+async def test_bad_frames_get_errors_and_the_socket_stays_open(node: Node) -> None:
+    alice, _ = await node.user("alice"), await node.user("bob")
+    store = node.service.store
+    async with node.ws(alice) as a:
+        cases: list[tuple[str | bytes, str, str | None]] = [
+            ("{not json", "bad_frame", None),
+            (b"\xc1\xc1", "bad_frame", None),
+            (json.dumps({"t": "launch"}), "unknown_type", "t"),
+            (json.dumps({"t": "send", "body": "x", "client_msg_id": "1"}), "invalid", "to"),
+            (json.dumps({"t": "send", "to": "bob", "body": ["x"], "client_msg_id": "1"}), "invalid", "body"),
+            (json.dumps({"t": "send", "to": "nobody", "body": "x", "client_msg_id": "1"}), "unknown_recipient",
+             "to"),
+            (json.dumps({"t": "pull", "after": -1}), "invalid", "after"),
+            (json.dumps({"t": "pull", "after": "soon"}), "invalid", "after"),
+            (json.dumps({"t": "ack", "upto": 1.5}), "invalid", "upto"),
+            (json.dumps({"t": "ack", "upto": 99}), "invalid", "upto"),
+            (json.dumps({"t": "ping", "pad": "x" * (70 * 1024)}), "frame_too_large", None),
+            (json.dumps({"t": "auth", "token": "again"}), "already_authenticated", None),
+        ]
+        for raw, code, field in cases:
+            await a.send_raw(raw)
+            reply = await a.reply()
+            assert reply["t"] == "error" and reply["code"] == code, (raw[:60], reply)
+            assert reply.get("field") == field, reply
+            assert reply["message"]
+        # Still healthy: a good frame works after all that, and nothing was stored by the bad ones.
+        assert (await a.send("bob", "still here"))["t"] == "sent"
+    assert await store.messages.count_documents({}) == 1
+
+
+async def test_error_replies_echo_rid(node: Node) -> None:
+    alice = await node.user("alice")
+    async with node.ws(alice) as a:
+        reply = await a.call({"t": "pull", "after": "x", "rid": "r-7"})
+        assert reply["t"] == "error" and reply["rid"] == "r-7"
+
+
+async def test_frames_before_auth_are_refused_then_auth_works(node: Node) -> None:
+    alice = await node.user("alice")
+    async with node.ws() as a:
+        refused = await a.call({"t": "pull", "after": 0})
+        assert refused["code"] == "unauthenticated"
+        bad = await a.call({"t": "auth", "token": "forged"})
+        assert bad["code"] == "invalid_token"
+        ok = await a.call({"t": "auth", "token": alice})
+        assert ok == {"t": "auth", "ok": True, "user": "alice", "device": "default"}
+
+
+async def test_unauthenticated_socket_is_closed_after_timeout(mongo, db_name, tmp_path) -> None:
+    node = await Node.start(make_settings(mongo.url, db_name, tmp_path, ws_auth_timeout_secs=0.3))
+    try:
+        async with node.ws() as a:
+            reply = await a.reply()
+            assert reply["code"] == "auth_timeout"
+            await asyncio.wait_for(a.closed.wait(), 5)
+            assert a.conn.close_code == 4401
+    finally:
+        await node.stop()
+
+
+async def test_foreign_origin_is_refused(node: Node) -> None:
+    alice = await node.user("alice")
+    with pytest.raises(Exception, match="403"):
+        async with node.ws(alice, origin="http://evil.example"):
+            pass
+    async with node.ws(alice, origin=f"http://127.0.0.1:{node.port}") as a:
+        assert (await a.call({"t": "ping"}))["t"] == "pong"
+
+
+async def test_notifies_are_coalesced_not_queued(node: Node) -> None:
+    alice, bob = await node.user("alice"), await node.user("bob")
+    async with node.ws(bob) as b:
+        await asyncio.gather(*(node.send(alice, "bob", f"m{i}") for i in range(20)))
+        seen = [await b.notify()]
+        while seen[-1] < 20:
+            seen.append(await b.notify())
+        assert seen == sorted(seen) and len(seen) <= 20
+        messages, _ = await drain_inbox(node, bob)
+        assert len(messages) == 20
+
+
+def _raw_ws_handshake(port: int, token: str) -> socket.socket:
+    """A WebSocket client that completes the handshake and then never answers a ping: a dead peer."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                  f"Authorization: Bearer {token}\r\n\r\n").encode())
+    assert b"101" in sock.recv(4096).split(b"\r\n")[0]
+    return sock
+
+
+async def test_dead_connection_is_closed_and_its_state_freed(mongo, db_name, tmp_path) -> None:
+    settings: Settings = make_settings(mongo.url, db_name, tmp_path, ws_ping_interval_secs=0.3,
+                                       ws_ping_timeout_secs=0.3)
+    node = await Node.start(settings)
+    try:
+        token = await node.user("bob")
+        sock = await asyncio.to_thread(_raw_ws_handshake, node.port, token)
+        try:
+            for _ in range(50):
+                if node.service.hub.listener_count("bob") == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert node.service.hub.listener_count("bob") == 1
+            for _ in range(300):  # never pongs: dropped after the timeout + Tornado's 5 s close handshake
+                if node.service.hub.listener_count("bob") == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert node.service.hub.listener_count("bob") == 0
+        finally:
+            sock.close()
+    finally:
+        await node.stop()

@@ -1,0 +1,146 @@
+"""Inbox store against the real database: seq allocation, idempotency, pull bounds, device trimming."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from im.errors import InvalidInput
+from im.inbox import CursorState, InboxStore, trim_floor
+from im.models import Draft, direct_conversation_id
+from im.store import Store
+
+DAY_SECS = 24 * 3600
+
+
+@pytest.fixture
+async def store(mongo, db_name: str) -> AsyncIterator[Store]:
+    s = Store(mongo.url, db_name, write_concern="1")
+    await s.ensure_indexes()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+def inbox(store: Store) -> InboxStore:
+    return InboxStore(store, device_idle_secs=DAY_SECS, max_devices_per_user=3)
+
+
+def draft(sender: str, to: str, cmid: str, body: str = "hi") -> Draft:
+    return Draft(sender=sender, to=to, conv=direct_conversation_id(sender, to), kind="text", body=body,
+                 client_msg_id=cmid, recipients=(to, sender))
+
+
+def test_trim_floor_ignores_idle_devices() -> None:
+    now = datetime(2026, 1, 10, tzinfo=UTC)
+    cursors = [
+        CursorState("phone", 40, now - timedelta(hours=1)),
+        CursorState("browser", 10, now - timedelta(days=3)),  # idle: does not hold entries back
+        CursorState("tablet", 25, now - timedelta(minutes=5)),
+    ]
+    assert trim_floor(cursors, now=now, idle_secs=DAY_SECS) == 25
+    assert trim_floor(cursors, now=now, idle_secs=7 * DAY_SECS) == 10
+    assert trim_floor([], now=now, idle_secs=DAY_SECS) is None
+
+
+async def test_batch_allocates_consecutive_seqs_per_inbox(inbox: InboxStore, store: Store) -> None:
+    receipts = await inbox.append([draft("a", "b", "1"), draft("c", "b", "1"), draft("a", "b", "2")])
+    assert [r.seqs["b"] for r in receipts] == [1, 2, 3]
+    assert [r.seqs["a"] for r in receipts if "a" in r.seqs] == [1, 2]
+    assert receipts[1].seqs["c"] == 1
+    assert await store.messages.count_documents({}) == 3
+    assert await store.inbox.count_documents({"user": "b"}) == 3
+
+
+async def test_twenty_concurrent_senders_get_gapless_unique_seqs(inbox: InboxStore) -> None:
+    """Separate appends (not one batch) racing on one inbox: the transaction serialises the counter."""
+    per_sender = 5
+
+    async def sender(n: int) -> list[int]:
+        seqs = []
+        for i in range(per_sender):
+            (receipt,) = await inbox.append([draft(f"s{n}", "target", f"m{i}")])
+            seqs.append(receipt.seqs["target"])
+        return seqs
+
+    results = await asyncio.gather(*(sender(n) for n in range(20)))
+    all_seqs = sorted(s for seqs in results for s in seqs)
+    assert all_seqs == list(range(1, 20 * per_sender + 1))
+    for seqs in results:
+        assert seqs == sorted(seqs), "one sender's messages keep their order"
+    page = await inbox.pull("target", after=0, limit=500)
+    assert [m["seq"] for m in page.messages] == list(range(1, 101))
+
+
+async def test_duplicate_client_msg_id_returns_original_receipt(inbox: InboxStore, store: Store) -> None:
+    (first,) = await inbox.append([draft("a", "b", "same", body="one")])
+    again = await inbox.append([draft("a", "b", "same", body="one"), draft("a", "b", "same", body="one")])
+    assert all(r.duplicate for r in again)
+    assert {r.msg_id for r in again} == {first.msg_id}
+    assert again[0].seqs == first.seqs
+    assert await store.messages.count_documents({}) == 1
+    assert await store.inbox.count_documents({"user": "b"}) == 1
+    # The same client_msg_id from another sender is a different message.
+    (other,) = await inbox.append([draft("c", "b", "same")])
+    assert not other.duplicate and other.seqs["b"] == 2
+
+
+async def test_duplicates_inside_one_batch_store_once(inbox: InboxStore, store: Store) -> None:
+    receipts = await inbox.append([draft("a", "b", "x"), draft("a", "b", "x"), draft("a", "b", "y")])
+    assert [r.duplicate for r in receipts] == [False, True, False]
+    assert receipts[0].msg_id == receipts[1].msg_id
+    assert await store.inbox.count_documents({"user": "b"}) == 2
+
+
+async def test_pull_pages_and_reports_more(inbox: InboxStore) -> None:
+    await inbox.append([draft("a", "b", str(i), body=f"m{i}") for i in range(7)])
+    first = await inbox.pull("b", after=0, limit=3)
+    assert [m["body"] for m in first.messages] == ["m0", "m1", "m2"]
+    assert (first.next, first.head, first.more, first.gap) == (3, 7, True, False)
+    second = await inbox.pull("b", after=first.next, limit=10)
+    assert [m["seq"] for m in second.messages] == [4, 5, 6, 7]
+    assert (second.next, second.more) == (7, False)
+    assert first.epoch == second.epoch
+
+
+async def test_ack_trims_only_below_every_active_device(inbox: InboxStore, store: Store) -> None:
+    await inbox.append([draft("a", "b", str(i)) for i in range(6)])
+    await inbox.ack("b", "phone", upto=2)
+    await inbox.ack("b", "browser", upto=5)
+    assert await store.inbox.count_documents({"user": "b"}) == 4  # phone still needs 3..6
+    result = await inbox.ack("b", "phone", upto=6)
+    assert result.trimmed == 5
+    remaining = await store.inbox.find({"user": "b"}).to_list(10)
+    assert [d["seq"] for d in remaining] == [6]
+    assert await store.messages.count_documents({}) == 6  # the archive keeps everything
+
+
+async def test_idle_device_stops_holding_back_and_then_sees_a_gap(inbox: InboxStore) -> None:
+    await inbox.append([draft("a", "b", str(i)) for i in range(4)])
+    long_ago = datetime.now(UTC) - timedelta(days=3)
+    await inbox.ack("b", "old-tablet", upto=1, now=long_ago)
+    await inbox.ack("b", "phone", upto=4)
+    page = await inbox.pull("b", after=1, limit=10)  # the tablet comes back
+    assert page.gap is True
+    assert page.next == 4 and page.messages == []
+
+
+async def test_ack_beyond_head_is_refused_and_changes_nothing(inbox: InboxStore, store: Store) -> None:
+    await inbox.append([draft("a", "b", "1")])
+    with pytest.raises(InvalidInput) as err:
+        await inbox.ack("b", "phone", upto=2)
+    assert err.value.field == "upto"
+    assert await store.cursors.count_documents({}) == 0
+    assert await store.inbox.count_documents({"user": "b"}) == 1
+
+
+async def test_device_cursors_are_capped(inbox: InboxStore, store: Store) -> None:
+    await inbox.append([draft("a", "b", "1")])
+    for device in ("d1", "d2", "d3", "d4", "d5"):
+        await inbox.ack("b", device, upto=0)
+    assert await store.cursors.count_documents({"user": "b"}) == 3
