@@ -24,7 +24,7 @@ from pymongo.read_concern import ReadConcern
 
 from im.errors import InvalidInput
 from im.models import AckResult, Draft, PullResult, Receipt
-from im.store import Store, new_epoch, store_errors, utcnow
+from im.store import Store, is_duplicate_key_only, new_epoch, store_errors, utcnow
 
 __all__ = ["CursorState", "InboxStore", "trim_floor"]
 
@@ -112,7 +112,7 @@ class InboxStore:
                 receipts.update(await self._write_batch(list(fresh.values())))
                 break
             except BulkWriteError as exc:
-                if not all(e.get("code") == 11000 for e in exc.details.get("writeErrors", [])):
+                if not is_duplicate_key_only(exc):
                     raise
                 log.info("duplicate client_msg_id raced in; re-checking a batch of %d", len(fresh))
         else:

@@ -20,6 +20,7 @@ from typing import Any
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
+    BulkWriteError,
     ConnectionFailure,
     DuplicateKeyError,
     OperationFailure,
@@ -30,12 +31,18 @@ from pymongo.write_concern import WriteConcern
 
 from im.errors import ConflictError, StoreUnavailable
 
-__all__ = ["Store", "new_epoch", "store_errors", "utcnow"]
+__all__ = ["Store", "is_duplicate_key_only", "new_epoch", "store_errors", "utcnow"]
 
 log = logging.getLogger(__name__)
 
 # Positive "user exists" answers kept in memory; users are never deleted, so a hit cannot go stale.
 KNOWN_USERS_CACHE_SIZE = 100_000
+
+
+def is_duplicate_key_only(exc: BulkWriteError) -> bool:
+    """True when every error of a failed batch is a unique-index violation (code 11000)."""
+    errors = exc.details.get("writeErrors", [])
+    return bool(errors) and all(e.get("code") == 11000 for e in errors)
 
 
 def utcnow() -> datetime:
@@ -54,6 +61,13 @@ async def store_errors(action: str) -> AsyncIterator[None]:
         yield
     except DuplicateKeyError:
         raise
+    except BulkWriteError as exc:
+        # A unique-index violation in a batch is the caller's to handle (a racing retry); anything else
+        # in a batch is a store failure like any other.
+        if is_duplicate_key_only(exc):
+            raise
+        log.error("store refused a batch during %s: %s", action, exc.details)
+        raise StoreUnavailable(f"the message store refused the operation ({action}); retry later") from None
     except (ConnectionFailure, ServerSelectionTimeoutError) as exc:
         log.warning("store unreachable during %s: %s", action, exc)
         raise StoreUnavailable(f"the message store is unavailable ({action}); retry later") from None

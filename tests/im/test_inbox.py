@@ -144,3 +144,18 @@ async def test_device_cursors_are_capped(inbox: InboxStore, store: Store) -> Non
     for device in ("d1", "d2", "d3", "d4", "d5"):
         await inbox.ack("b", device, upto=0)
     assert await store.cursors.count_documents({"user": "b"}) == 3
+
+
+async def test_same_client_msg_id_racing_from_two_nodes_is_stored_once(store: Store) -> None:
+    """Two writers (as on two nodes) both pass the duplicate pre-check; the unique index settles it."""
+    node_a = InboxStore(store, device_idle_secs=DAY_SECS, max_devices_per_user=3)
+    node_b = InboxStore(store, device_idle_secs=DAY_SECS, max_devices_per_user=3)
+    for round_ in range(5):
+        results = await asyncio.gather(node_a.append([draft("a", "b", f"race{round_}")]),
+                                       node_b.append([draft("a", "b", f"race{round_}")]))
+        (first,), (second,) = results
+        assert first.msg_id == second.msg_id and first.seqs == second.seqs
+        assert sorted([first.duplicate, second.duplicate]) == [False, True]
+    assert await store.messages.count_documents({}) == 5
+    page = await node_a.pull("b", after=0, limit=50)
+    assert [m["seq"] for m in page.messages] == [1, 2, 3, 4, 5]
