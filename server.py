@@ -39,7 +39,7 @@ def build_http_server(runtime: Runtime) -> tornado.httpserver.HTTPServer:
         make_app(runtime.service, settings),
         max_body_size=settings.max_body_bytes * HARD_BODY_LIMIT_FACTOR,
         idle_connection_timeout=settings.long_poll_max_secs + 30,
-        xheaders=True,
+        xheaders=settings.trust_forwarded_headers,
     )
 
 

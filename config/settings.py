@@ -73,11 +73,17 @@ class Settings:
     # plus Tornado's 5 s close handshake.
     ws_ping_timeout_secs: float = _setting(20.0, "close a WebSocket whose pong is this late (<= interval)")
     ws_auth_timeout_secs: float = _setting(10.0, "close a WebSocket that has not authenticated by then")
+    ws_write_timeout_secs: float = _setting(
+        30.0, "close a WebSocket whose peer does not take a frame within this time (slow consumer)"
+    )
     allowed_origins: str = _setting(
         "", "comma-separated browser origins allowed for WebSocket and CORS (same host is always allowed)"
     )
 
     # Ops
+    trust_forwarded_headers: bool = _setting(
+        False, "take client addresses from X-Forwarded-For/X-Real-IP (only behind a trusted proxy)"
+    )
     log_level: str = _setting("INFO", "logging level")
     static_dir: str = _setting("", "directory of the web client (default: the bundled static/)")
 
@@ -95,6 +101,7 @@ class Settings:
             "long_poll_default_secs", "long_poll_max_secs", "pull_default_limit", "pull_max_limit",
             "device_idle_secs", "max_devices_per_user", "commit_max_batch", "max_body_bytes",
             "max_frame_bytes", "max_text_chars", "jwt_ttl_secs", "store_timeout_secs",
+            "ws_write_timeout_secs",
         )
         for name in positive:
             if getattr(self, name) <= 0:

@@ -1,8 +1,12 @@
 """WebSocket transport (``/ws``): JSON text frames or msgpack binary frames, one schema.
 
 The socket only ever receives a body-less ``notify`` from the server unprompted; everything else is a
-reply to a client frame. Notifies are coalesced: while one is being written, newer seqs overwrite the
-pending one, so a slow reader holds at most one notify in memory however fast messages arrive.
+reply to a client frame. Memory per socket is bounded however the peer behaves:
+- notifies are coalesced: while one is being written, newer seqs overwrite the pending one;
+- a reply is written before the next client frame is read (Tornado awaits ``on_message``), so a client
+  that sends but never reads stalls itself, not the server;
+- a write that the peer does not take within ``ws_write_timeout_secs`` closes the socket (4408). The
+  client loses nothing: the messages wait in its inbox and it pulls them after reconnecting.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ log = logging.getLogger(__name__)
 
 # Close codes in the private range (4000-4999) so clients can tell them from protocol closes.
 CLOSE_AUTH_TIMEOUT = 4401
+CLOSE_SLOW_CONSUMER = 4408
 
 
 def hard_frame_limit(settings: Settings) -> int:
@@ -102,7 +107,7 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
             reply = error_frame(error, rid=rid)
         if rid is not None:
             reply["rid"] = rid
-        self._send_frame(reply)
+        await self._write(reply)
 
     async def _dispatch(self, frame: dict[str, Any]) -> dict[str, Any]:
         kind = frame["t"]
@@ -147,20 +152,34 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
         try:
             while self._pending_seq > self._sent_seq and not self._closed:
                 seq = self._sent_seq = self._pending_seq
-                await self.write_message(encode_frame({"t": "notify", "seq": seq}, binary=self.binary),
-                                         binary=self.binary)
-        except tornado.websocket.WebSocketClosedError:
-            pass
+                await self._write({"t": "notify", "seq": seq})
         finally:
             self._notify_task = None
 
     # -- plumbing -------------------------------------------------------------------------------------
 
     def _send_frame(self, frame: dict[str, Any]) -> None:
+        """Fire-and-forget write for the few frames sent right before closing."""
         if self._closed:
             return
         with contextlib.suppress(tornado.websocket.WebSocketClosedError):
             self.write_message(encode_frame(frame, binary=self.binary), binary=self.binary)
+
+    async def _write(self, frame: dict[str, Any]) -> None:
+        """Write one frame; a peer that does not take it in time is disconnected as a slow consumer."""
+        if self._closed:
+            return
+        try:
+            await asyncio.wait_for(
+                self.write_message(encode_frame(frame, binary=self.binary), binary=self.binary),
+                self.settings_.ws_write_timeout_secs,
+            )
+        except tornado.websocket.WebSocketClosedError:
+            pass
+        except TimeoutError:
+            log.warning("ws %s: peer not reading for %.0f s; closing (slow consumer)", self._who(),
+                        self.settings_.ws_write_timeout_secs)
+            self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
 
     def _who(self) -> str:
         return f"{self.principal.user}/{self.principal.device}" if self.principal else "unauthenticated"
