@@ -50,6 +50,9 @@ class Settings:
     jwt_secret: str = _setting("", "HS256 secret; empty generates one into data_dir/jwt_secret")
     jwt_ttl_secs: int = _setting(7 * 24 * 3600, "lifetime of issued tokens")
     jwt_issuer: str = _setting("im-server", "iss claim of issued tokens, checked on every request")
+    jwt_old_secrets: str = _setting(
+        "", "comma-separated previous secrets still accepted until their tokens expire (key rotation)"
+    )
 
     # Delivery
     long_poll_default_secs: float = _setting(25.0, "long-poll wait when the client names none")
@@ -61,6 +64,17 @@ class Settings:
     )
     max_devices_per_user: int = _setting(20, "devices whose cursors are kept per user")
     commit_max_batch: int = _setting(256, "most messages written in one group-commit transaction")
+
+    # Abuse limits (per node; 0 switches a rate off)
+    rate_ip_per_sec: float = _setting(100.0, "sustained HTTP requests / WebSocket connects per address")
+    rate_ip_burst: int = _setting(200, "burst of requests per client address")
+    rate_send_per_sec: float = _setting(10.0, "sustained messages per user")
+    rate_send_burst: int = _setting(30, "burst of messages per user")
+    login_max_failures: int = _setting(10, "failed logins per user id (and 5x that per address) per window")
+    login_failure_window_secs: float = _setting(300.0, "window over which failed logins are counted")
+    max_connections_per_user: int = _setting(
+        20, "WebSockets + waiting long-polls per user on one node (0: no cap)"
+    )
 
     # Limits
     max_body_bytes: int = _setting(64 * 1024, "largest HTTP request body of the JSON API")
@@ -90,6 +104,10 @@ class Settings:
     @property
     def allowed_origin_list(self) -> list[str]:
         return [o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()]
+
+    @property
+    def jwt_old_secret_list(self) -> list[str]:
+        return [s.strip() for s in self.jwt_old_secrets.split(",") if s.strip()]
 
     @property
     def effective_node_id(self) -> str:

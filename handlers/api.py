@@ -21,9 +21,17 @@ class TokensHandler(ApiHandler):
         body = self.json_body()
         user = read_user_id(body, "user")
         device = read_device(body)
-        token, expires_at = await self.service.login(user, read_str(body, "password", max_chars=4096), device)
+        token, expires_at = await self.service.login(
+            user, read_str(body, "password", max_chars=4096), device, client_ip=self.request.remote_ip or ""
+        )
         self.reply({"token": token, "token_type": "Bearer", "expires_at": expires_at, "user": user,
                     "device": device}, status=201)
+
+    async def delete(self) -> None:
+        """Log out: revoke every token of the caller (all devices)."""
+        await self.service.logout(self.principal)
+        self.set_status(204)
+        self.finish()
 
 
 class MessagesHandler(ApiHandler):

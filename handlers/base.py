@@ -11,7 +11,7 @@ import tornado.web
 from config import Settings
 from handlers.errors import http_status
 from im.auth import Principal, parse_bearer
-from im.errors import ImError, TooLarge
+from im.errors import AuthError, ImError, TooLarge
 from im.protocol import decode_json_body
 from im.service import MessagingService
 
@@ -40,12 +40,14 @@ class ApiHandler(tornado.web.RequestHandler):
         self.service = service
         self.settings_ = settings
         self._principal: Principal | None = None
+        self._auth_error: AuthError | None = None
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
+        """CORS, the per-address limit, the body limit, then the token (revocation needs the store)."""
         origin = self.request.headers.get("Origin")
         allowed = self.settings_.allowed_origin_list
         if origin and origin_allowed(origin, host=self.request.host, allowed=allowed):
@@ -53,8 +55,18 @@ class ApiHandler(tornado.web.RequestHandler):
             self.set_header("Vary", "Origin")
         limit = self.settings_.max_body_bytes
         declared = self.request.headers.get("Content-Length", "0")
+        if self.request.method != "OPTIONS":
+            self.service.check_client(self.request.remote_ip or "")
         if len(self.request.body) > limit or (declared.isdigit() and int(declared) > limit):
             raise TooLarge(f"request body is larger than {limit} bytes", code="body_too_large")
+        header = self.request.headers.get("Authorization")
+        if header:
+            # Checked now (async) but reported only if the endpoint needs a caller: a stale token on
+            # a public endpoint such as login must not block it.
+            try:
+                self._principal = await self.service.authenticate(parse_bearer(header))
+            except AuthError as error:
+                self._auth_error = error
 
     def options(self, *args: Any) -> None:
         """CORS preflight for the configured origins (long-poll from another origin's page)."""
@@ -67,10 +79,11 @@ class ApiHandler(tornado.web.RequestHandler):
 
     @property
     def principal(self) -> Principal:
-        """The authenticated caller; raises the 401 error on a missing or bad token."""
+        """The authenticated caller; raises the 401 error on a missing, bad or revoked token."""
+        if self._auth_error is not None:
+            raise self._auth_error
         if self._principal is None:
-            token = parse_bearer(self.request.headers.get("Authorization"))
-            self._principal = self.service.authenticate(token)
+            raise AuthError("missing token: send 'Authorization: Bearer <token>'", code="missing_token")
         return self._principal
 
     def json_body(self) -> dict[str, Any]:
@@ -116,5 +129,5 @@ class ApiHandler(tornado.web.RequestHandler):
 class NotFoundHandler(ApiHandler):
     """JSON 404 for unknown API paths (and 405-free: any method)."""
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         raise tornado.web.HTTPError(404, "no such endpoint: %s", self.request.path)

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 # Close codes in the private range (4000-4999) so clients can tell them from protocol closes.
 CLOSE_AUTH_TIMEOUT = 4401
 CLOSE_SLOW_CONSUMER = 4408
+CLOSE_RATE_LIMITED = 4429
 
 
 def hard_frame_limit(settings: Settings) -> int:
@@ -66,6 +67,12 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
 
     async def open(self) -> None:
         self.binary = self.get_query_argument("format", "json") == "msgpack"
+        try:
+            self.service.check_client(self.request.remote_ip or "")
+        except ImError as error:
+            self._send_frame(error_frame(error))
+            self.close(CLOSE_RATE_LIMITED, "rate limited")
+            return
         header = self.request.headers.get("Authorization")
         if header:
             try:
@@ -84,7 +91,7 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
             self.close(CLOSE_AUTH_TIMEOUT, "authentication timeout")
 
     async def _authenticate(self, token: str) -> None:
-        principal = self.service.authenticate(token)
+        principal = await self.service.authenticate(token)
         if self._closed:
             return
         self.principal = principal

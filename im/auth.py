@@ -5,7 +5,11 @@ Security notes:
   so they can be raised later without invalidating old hashes. Hashing costs ~50 ms of CPU, so it runs
   in a worker thread (``hashlib.scrypt`` releases the GIL) and never blocks the event loop.
 - Tokens are verified with an explicit algorithm list, so ``alg: none`` and algorithm-confusion tokens
-  are refused; ``exp``, ``iat``, ``iss``, ``sub`` and ``dev`` are required.
+  are refused; ``exp``, ``iat``, ``nbf``, ``iss``, ``sub``, ``dev`` and ``ver`` are required.
+- Key rotation: every token names its key in the ``kid`` header (a hash prefix of the secret, never the
+  secret). Old secrets stay accepted for verification until the tokens they signed expire.
+- Revocation: ``ver`` is the user's token version at login; logging out bumps it, which refuses every
+  token issued before (the service checks it, see ``MessagingService.authenticate``).
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ import hmac
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import jwt
 
 from im.errors import AuthError
 
-__all__ = ["Principal", "TokenIssuer", "hash_password", "verify_password"]
+__all__ = ["Principal", "TokenIssuer", "hash_password", "key_id", "parse_bearer", "verify_password"]
 
 # scrypt cost: N=2**14, r=8 uses 16 MiB and ~50 ms per hash (OWASP's minimum is N=2**17 with r=8, p=1;
 # we stay at 2**14 so a login storm on a 2-core node stays responsive; the cost is stored per hash).
@@ -67,10 +72,16 @@ async def verify_password(password: str, stored: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: the user and the device the token was issued for."""
+    """Who is calling: the user, the device the token was issued for, and the token version."""
 
     user: str
     device: str
+    version: int = 0
+
+
+def key_id(secret: str) -> str:
+    """A public name for a secret: a short hash prefix, so the header never reveals the key."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()[:12]
 
 
 class TokenIssuer:
@@ -80,10 +91,12 @@ class TokenIssuer:
     # Tolerated clock difference between nodes when checking exp/iat/nbf.
     CLOCK_SKEW_SECS = 30
 
-    def __init__(self, secret: str, *, ttl_secs: int, issuer: str) -> None:
-        if len(secret) < 32:
-            raise ValueError("JWT secret must be at least 32 characters")
-        self._secret = secret
+    def __init__(self, secret: str, *, ttl_secs: int, issuer: str, old_secrets: Sequence[str] = ()) -> None:
+        for candidate in (secret, *old_secrets):
+            if len(candidate) < 32:
+                raise ValueError("JWT secret must be at least 32 characters")
+        self._current_kid = key_id(secret)
+        self._keys = {key_id(s): s for s in (*old_secrets, secret)}
         self._ttl_secs = ttl_secs
         self._issuer = issuer
 
@@ -94,26 +107,33 @@ class TokenIssuer:
         claims = {
             "sub": principal.user,
             "dev": principal.device,
+            "ver": principal.version,
             "iss": self._issuer,
             "iat": issued_at,
             "nbf": issued_at,
             "exp": expires_at,
             "jti": secrets.token_hex(8),
         }
-        return jwt.encode(claims, self._secret, algorithm=self.ALGORITHM), expires_at
+        token = jwt.encode(claims, self._keys[self._current_kid], algorithm=self.ALGORITHM,
+                           headers={"kid": self._current_kid})
+        return token, expires_at
 
     def verify(self, token: str) -> Principal:
         """Return the token's principal, or raise :class:`AuthError` saying why it is refused."""
         if not token:
             raise AuthError("missing token", code="missing_token")
         try:
+            kid = jwt.get_unverified_header(token).get("kid")
+            secret = self._keys.get(kid) if isinstance(kid, str) else None
+            if secret is None:
+                raise AuthError("token was signed with an unknown key", code="invalid_token")
             claims = jwt.decode(
                 token,
-                self._secret,
+                secret,
                 algorithms=[self.ALGORITHM],
                 issuer=self._issuer,
                 leeway=self.CLOCK_SKEW_SECS,
-                options={"require": ["exp", "iat", "iss", "sub", "dev"]},
+                options={"require": ["exp", "iat", "nbf", "iss", "sub", "dev", "ver"]},
             )
         except jwt.ExpiredSignatureError:
             raise AuthError("token has expired", code="token_expired") from None
@@ -125,10 +145,10 @@ class TokenIssuer:
             raise AuthError("token algorithm is not accepted", code="invalid_token") from None
         except jwt.InvalidTokenError:
             raise AuthError("token is invalid", code="invalid_token") from None
-        user, device = claims.get("sub"), claims.get("dev")
-        if not isinstance(user, str) or not isinstance(device, str):
+        user, device, version = claims.get("sub"), claims.get("dev"), claims.get("ver")
+        if not isinstance(user, str) or not isinstance(device, str) or type(version) is not int:
             raise AuthError("token claims are malformed", code="invalid_token")
-        return Principal(user=user, device=device)
+        return Principal(user=user, device=device, version=version)
 
 
 def parse_bearer(header: str | None) -> str:

@@ -11,6 +11,7 @@ from im.bus import Bus, LocalBus
 from im.embedded import EmbeddedMongo
 from im.hub import Hub
 from im.inbox import InboxStore
+from im.ratelimit import Limits
 from im.secrets_file import load_or_create_secret
 from im.service import MessagingService
 from im.store import Store
@@ -18,6 +19,20 @@ from im.store import Store
 __all__ = ["Runtime"]
 
 log = logging.getLogger(__name__)
+
+
+def limits_from(settings: Settings) -> Limits:
+    failures_per_sec = settings.login_max_failures / settings.login_failure_window_secs
+    return Limits(
+        per_ip=Limits.limiter("requests per address", settings.rate_ip_per_sec, settings.rate_ip_burst),
+        sends_per_user=Limits.limiter("messages per user", settings.rate_send_per_sec,
+                                      settings.rate_send_burst),
+        login_failures_per_user=Limits.limiter("failed logins per user", failures_per_sec,
+                                               settings.login_max_failures),
+        login_failures_per_ip=Limits.limiter("failed logins per address", failures_per_sec * 5,
+                                             settings.login_max_failures * 5),
+        max_connections_per_user=settings.max_connections_per_user,
+    )
 
 
 class Runtime:
@@ -48,10 +63,12 @@ class Runtime:
                 store=store,
                 inbox=InboxStore(store, device_idle_secs=settings.device_idle_secs,
                                  max_devices_per_user=settings.max_devices_per_user),
-                tokens=TokenIssuer(secret, ttl_secs=settings.jwt_ttl_secs, issuer=settings.jwt_issuer),
+                tokens=TokenIssuer(secret, ttl_secs=settings.jwt_ttl_secs, issuer=settings.jwt_issuer,
+                                   old_secrets=settings.jwt_old_secret_list),
                 hub=Hub(),
                 bus=bus or LocalBus(),
                 commit_max_batch=settings.commit_max_batch,
+                limits=limits_from(settings),
             )
             await service.start()
         except BaseException:

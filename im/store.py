@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ASCENDING, AsyncMongoClient
+from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
     BulkWriteError,
@@ -144,10 +144,25 @@ class Store:
             )
         self._remember(user)
 
-    async def password_hash(self, user: str) -> str | None:
+    async def credentials(self, user: str) -> tuple[str, int] | None:
+        """``(password_hash, token_version)`` of ``user``, or None when there is no such user."""
         async with store_errors("reading a user"):
-            doc = await self.users.find_one({"_id": user}, {"password_hash": 1})
-        return None if doc is None else doc["password_hash"]
+            doc = await self.users.find_one({"_id": user}, {"password_hash": 1, "token_version": 1})
+        return None if doc is None else (doc["password_hash"], doc.get("token_version", 0))
+
+    async def token_version(self, user: str) -> int | None:
+        async with store_errors("reading a user"):
+            doc = await self.users.find_one({"_id": user}, {"token_version": 1})
+        return None if doc is None else doc.get("token_version", 0)
+
+    async def bump_token_version(self, user: str) -> int:
+        """Invalidate every token issued to ``user`` so far; returns the new version."""
+        async with store_errors("revoking tokens"):
+            doc = await self.users.find_one_and_update(
+                {"_id": user}, {"$inc": {"token_version": 1}}, projection={"token_version": 1},
+                return_document=ReturnDocument.AFTER,
+            )
+        return 0 if doc is None else doc["token_version"]
 
     async def user_exists(self, user: str) -> bool:
         if user in self._known_users:

@@ -7,6 +7,7 @@ import time
 import jwt
 import pytest
 
+from im.auth import key_id
 from tests.conftest import TEST_JWT_SECRET
 from tests.helpers import Node
 
@@ -20,7 +21,8 @@ async def test_register_login_and_use_token(node: Node) -> None:
     assert response.status == 201
     assert response.body["device"] == "default" and response.body["expires_at"] > time.time()
     claims = jwt.decode(response.body["token"], TEST_JWT_SECRET, algorithms=["HS256"], issuer="im-server")
-    assert claims["sub"] == "alice" and claims["dev"] == "default"
+    assert claims["sub"] == "alice" and claims["dev"] == "default" and claims["ver"] == 0
+    assert jwt.get_unverified_header(response.body["token"])["kid"] == key_id(TEST_JWT_SECRET)
     assert (await node.pull(response.body["token"])).status == 200
 
 
@@ -51,20 +53,29 @@ async def test_bad_registrations_name_the_field(node: Node, body: dict, field: s
     assert await node.service.store.users.count_documents({}) == 0
 
 
-def _token(**claims: object) -> str:
+def _token(secret: str = TEST_JWT_SECRET, kid: str | None = None, algorithm: str = "HS256",
+           **claims: object) -> str:
+    """A token as the server would sign it (kid header, all claims), with some part changed."""
     now = int(time.time())
-    base = {"sub": "alice", "dev": "d", "iss": "im-server", "iat": now, "exp": now + 60}
+    base = {"sub": "alice", "dev": "d", "ver": 0, "iss": "im-server", "iat": now, "nbf": now, "exp": now + 60}
     base.update(claims)
-    return jwt.encode({k: v for k, v in base.items() if v is not None}, TEST_JWT_SECRET, algorithm="HS256")
+    return jwt.encode({k: v for k, v in base.items() if v is not None}, secret, algorithm=algorithm,
+                      headers={"kid": kid or key_id(TEST_JWT_SECRET)})
 
 
 @pytest.mark.parametrize(("token", "code"), [
     (_token(exp=int(time.time()) - 3600), "token_expired"),
-    (jwt.encode({"sub": "alice", "dev": "d", "iss": "im-server", "iat": int(time.time()),
-                 "exp": int(time.time()) + 60}, "another-secret-" + "y" * 40, algorithm="HS256"), "invalid_token"),
+    (_token(nbf=int(time.time()) + 3600), "invalid_token"),  # not valid yet
+    (_token(secret="another-secret-" + "y" * 40), "invalid_token"),  # forged: right kid, wrong key
+    (_token(kid="0123456789ab"), "invalid_token"),  # unknown key id
+    (_token(algorithm="HS512"), "invalid_token"),  # algorithm confusion
     ("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImRldiI6ImQiLCJpc3MiOiJpbS1zZXJ2ZXIiLCJpYXQiOj"
      "E3MDAwMDAwMDAsImV4cCI6NDEwMDAwMDAwMH0.", "invalid_token"),  # alg: none
-    (_token(dev=None), "invalid_token"),
+    (_token(dev=None), "invalid_token"),  # missing claims
+    (_token(ver=None), "invalid_token"),
+    (_token(iss="someone-else"), "invalid_token"),
+    (_token(sub="nobody"), "invalid_token"),  # well signed, but no such user
+    (_token(ver=3), "token_revoked"),  # from a token version that is not the user's
     ("garbage", "invalid_token"),
 ])
 async def test_bad_tokens_get_401_with_a_reason(node: Node, token: str, code: str) -> None:
@@ -79,3 +90,24 @@ async def test_bad_tokens_get_401_with_a_reason(node: Node, token: str, code: st
 async def test_bad_authorization_header_scheme(node: Node) -> None:
     response = await node.request("GET", "/api/v1/inbox", headers={"Authorization": "Basic YWxpY2U6eA=="})
     assert response.status == 401 and response.error_code == "invalid_token"
+
+
+async def test_logout_revokes_every_token_of_the_user(node: Node) -> None:
+    await node.register("alice")
+    phone, browser = await node.login("alice", device="phone"), await node.login("alice", device="browser")
+    assert (await node.pull(browser)).status == 200
+    assert (await node.request("DELETE", "/api/v1/tokens", token=phone)).status == 204
+    for token in (phone, browser):
+        response = await node.pull(token)
+        assert response.status == 401 and response.error_code == "token_revoked"
+    async with node.ws() as ws:
+        assert (await ws.call({"t": "auth", "token": browser}))["code"] == "token_revoked"
+    fresh = await node.login("alice", device="phone")  # logging in again works
+    assert (await node.pull(fresh)).status == 200
+
+
+async def test_public_endpoints_ignore_a_stale_token(node: Node) -> None:
+    await node.register("alice")
+    response = await node.request("POST", "/api/v1/tokens", token="stale.garbage.token",
+                                  json_body={"user": "alice", "password": "correct horse battery"})
+    assert response.status == 201
