@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint system-deps clean
+.PHONY: run test lint system-deps clean reliability
 
 run: $(VENV)/.installed
 	$(PY) server.py
@@ -31,3 +31,7 @@ $(VENV)/.installed-test: $(VENV)/.installed setup.cfg
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+
+# The fault and fuzz figures of docs/reliability.md come from a real run of the suite, never by hand.
+reliability: system-deps $(VENV)/.installed-test
+	IM_WRITE_RELIABILITY_DOC=1 $(PY) -m pytest tests/test_fuzz.py tests/reliability

@@ -16,15 +16,13 @@ import tornado.httpserver
 
 from config import Settings, SettingsError, load_settings
 from handlers.app import make_app
+from handlers.base import hard_body_limit
 from im.runtime import Runtime
 
 log = logging.getLogger("im.server")
 
 # Time given to in-flight requests (long-polls end early) before connections are cut at shutdown.
 SHUTDOWN_GRACE_SECS = 5.0
-# The HTTP server refuses bodies over this multiple of max_body_bytes outright (plain 400, connection
-# closed); bodies between the two limits get a JSON 413 from the handler.
-HARD_BODY_LIMIT_FACTOR = 4
 
 
 def configure_logging(level: str) -> None:
@@ -37,7 +35,7 @@ def build_http_server(runtime: Runtime) -> tornado.httpserver.HTTPServer:
     settings = runtime.settings
     return tornado.httpserver.HTTPServer(
         make_app(runtime.service, settings),
-        max_body_size=settings.max_body_bytes * HARD_BODY_LIMIT_FACTOR,
+        max_body_size=hard_body_limit(settings),
         idle_connection_timeout=settings.long_poll_max_secs + 30,
         xheaders=settings.trust_forwarded_headers,
     )

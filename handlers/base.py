@@ -32,7 +32,21 @@ def origin_allowed(origin: str, *, host: str, allowed: list[str]) -> bool:
     return origin_host.lower() == host.lower()
 
 
+def hard_body_limit(settings: Settings) -> int:
+    """Bodies up to this size are drained and refused with a JSON 413 when over ``max_body_bytes``;
+    beyond it the connection is closed without reading further (memory stays bounded either way)."""
+    return max(16 * 1024 * 1024, settings.max_body_bytes * 4)
+
+
+@tornado.web.stream_request_body
 class ApiHandler(tornado.web.RequestHandler):
+    """Base of the JSON API handlers.
+
+    The body is streamed: ``prepare`` runs on the headers (limits and auth before any body is read),
+    and a body over ``max_body_bytes`` is drained and dropped instead of buffered, so an oversized
+    request gets a clear 413 without costing memory. Subclasses read the body with :meth:`json_body`.
+    """
+
     service: MessagingService
     settings_: Settings
 
@@ -41,6 +55,8 @@ class ApiHandler(tornado.web.RequestHandler):
         self.settings_ = settings
         self._principal: Principal | None = None
         self._auth_error: AuthError | None = None
+        self._body = bytearray()
+        self._body_too_large = False
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
@@ -53,12 +69,10 @@ class ApiHandler(tornado.web.RequestHandler):
         if origin and origin_allowed(origin, host=self.request.host, allowed=allowed):
             self.set_header("Access-Control-Allow-Origin", origin)
             self.set_header("Vary", "Origin")
-        limit = self.settings_.max_body_bytes
-        declared = self.request.headers.get("Content-Length", "0")
         if self.request.method != "OPTIONS":
             self.service.check_client(self.request.remote_ip or "")
-        if len(self.request.body) > limit or (declared.isdigit() and int(declared) > limit):
-            raise TooLarge(f"request body is larger than {limit} bytes", code="body_too_large")
+        declared = self.request.headers.get("Content-Length", "0")
+        self._body_too_large = declared.isdigit() and int(declared) > self.settings_.max_body_bytes
         header = self.request.headers.get("Authorization")
         if header:
             # Checked now (async) but reported only if the endpoint needs a caller: a stale token on
@@ -67,6 +81,14 @@ class ApiHandler(tornado.web.RequestHandler):
                 self._principal = await self.service.authenticate(parse_bearer(header))
             except AuthError as error:
                 self._auth_error = error
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._body_too_large:
+            return
+        self._body += chunk
+        if len(self._body) > self.settings_.max_body_bytes:
+            self._body_too_large = True
+            self._body = bytearray()
 
     def options(self, *args: Any) -> None:
         """CORS preflight for the configured origins (long-poll from another origin's page)."""
@@ -87,7 +109,10 @@ class ApiHandler(tornado.web.RequestHandler):
         return self._principal
 
     def json_body(self) -> dict[str, Any]:
-        return decode_json_body(self.request.body, max_bytes=self.settings_.max_body_bytes)
+        if self._body_too_large:
+            limit = self.settings_.max_body_bytes
+            raise TooLarge(f"request body is larger than {limit} bytes", code="body_too_large")
+        return decode_json_body(bytes(self._body), max_bytes=self.settings_.max_body_bytes)
 
     def query(self) -> dict[str, str]:
         return {name: values[-1].decode("utf-8", "replace")

@@ -78,3 +78,9 @@ async def node(settings: Settings) -> AsyncIterator[Node]:
         yield running
     finally:
         await running.stop()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from tests import reliability_report
+
+    reliability_report.write()
