@@ -44,11 +44,12 @@ class EmbeddedMongo:
     """Start, locate and stop one SecantusDB process with its data under ``storage_path``."""
 
     def __init__(self, storage_path: str | os.PathLike[str], *, port: int = 0, host: str = "127.0.0.1",
-                 log_path: str | os.PathLike[str] | None = None) -> None:
+                 log_path: str | os.PathLike[str] | None = None, sync_on_commit: bool = True) -> None:
         self.storage_path = Path(storage_path)
         self.host = host
         self.port = port or free_port(host)
         self.log_path = Path(log_path) if log_path else self.storage_path.parent / "secantus.log"
+        self.sync_on_commit = sync_on_commit
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -68,6 +69,12 @@ class EmbeddedMongo:
             sys.executable, "-m", "secantus", "--host", self.host, "--port", str(self.port),
             "--storage-path", str(self.storage_path), "--log-level", "WARNING",
         ]
+        if self.sync_on_commit:
+            # SecantusDB accepts j:true but, like mongod's default, does not fsync its log at commit
+            # unless told to: without this a crash (even kill -9) loses acknowledged writes. Measured
+            # here: batched message transactions ~227/s with it vs ~271/s without (group commit pays
+            # one fsync per batch).
+            command.append("--sync-on-commit")
         log.info("starting embedded SecantusDB on %s:%d with data in %s", self.host, self.port,
                  self.storage_path)
         with open(self.log_path, "ab") as log_file:

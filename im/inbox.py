@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import pymongo
 from bson import ObjectId
 from pymongo import ASCENDING, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -184,10 +185,14 @@ class InboxStore:
             await store.inbox.insert_many(entries, ordered=True, session=session)
             return receipts
 
+        # with_transaction retries transient errors for up to 120 s on its own; bound it so that during a
+        # store outage the sender hears "unavailable" promptly and retries (idempotently) itself. A commit
+        # whose outcome is unknown at the deadline is safe: the retry finds it by client_msg_id.
         async with store_errors("storing messages"), store.client.start_session() as session:
-            return await session.with_transaction(
-                write, read_concern=ReadConcern("local"), write_concern=store.write_concern
-            )
+            with pymongo.timeout(store.timeout_secs):
+                return await session.with_transaction(
+                    write, read_concern=ReadConcern("local"), write_concern=store.write_concern
+                )
 
     # -- read -----------------------------------------------------------------------------------------
 

@@ -86,6 +86,7 @@ class Store:
         self, url: str, db_name: str, *, write_concern: str = "majority", journal: bool = True,
         timeout_secs: float = 10.0,
     ) -> None:
+        self.timeout_secs = timeout_secs
         timeout_ms = int(timeout_secs * 1000)
         self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             url,

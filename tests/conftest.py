@@ -30,7 +30,9 @@ def mongo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedMongo]:
         yield _External(external)  # type: ignore[misc]
         return
     root = tmp_path_factory.mktemp("secantus")
-    server = EmbeddedMongo(root / "data", log_path=root / "secantus.log").start()
+    # No fsync per commit here: these tests check behaviour, not crash durability (the fault tests
+    # start their own store with it on, as the server does by default).
+    server = EmbeddedMongo(root / "data", log_path=root / "secantus.log", sync_on_commit=False).start()
     try:
         yield server
     finally:
