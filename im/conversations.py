@@ -1,0 +1,164 @@
+"""Use cases around conversations: friends, groups, files, history, receipt queries and send rules.
+
+What writes messages (sends, receipts) stays in ``im/service.py`` on the one group-commit path; this
+facade answers who may talk to whom, resolves a send's target into recipients, and serves the reads.
+Transports call it through ``service.conversations``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from bson import ObjectId
+
+from im.crypto import KeyRing
+from im.errors import ForbiddenError, InvalidInput, NotFoundError
+from im.files import FileInfo, FileStore, Upload, clean_content_type
+from im.friends import DIRECT_POLICIES, FriendStore, Relation
+from im.groups import Group, GroupStore
+from im.history import HistoryReader
+from im.models import direct_conversation_id
+from im.receipts import ReceiptStore, is_group_conversation, parse_msg_id, summary_dict
+from im.store import Store
+
+__all__ = ["Conversations", "Target"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_GROUP_MEMBERS = 500
+DEFAULT_FILE_MAX_BYTES = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a message goes: its conversation, the archive's ``to`` and the inboxes that get an entry."""
+
+    conv: str
+    to: str
+    recipients: tuple[str, ...]
+
+
+class Conversations:
+    def __init__(self, store: Store, *, keys: KeyRing | None = None, direct_policy: str = "anyone",
+                 max_group_members: int = DEFAULT_MAX_GROUP_MEMBERS,
+                 file_max_bytes: int = DEFAULT_FILE_MAX_BYTES) -> None:
+        if direct_policy not in DIRECT_POLICIES:
+            raise ValueError(f"direct_policy must be one of {DIRECT_POLICIES}")
+        self.store = store
+        self.keys = keys
+        self.direct_policy = direct_policy
+        db = store.db
+        self.friends = FriendStore(db["relations"])
+        self.groups = GroupStore(db["groups"], max_members=max_group_members)
+        self.receipts = ReceiptStore(db["receipts"], store.messages)
+        self.files = FileStore(db, cipher=keys, max_bytes=file_max_bytes)
+        self.history_reader = HistoryReader(store.messages, cipher=keys)
+
+    async def start(self) -> None:
+        await self.friends.ensure_indexes()
+        await self.groups.ensure_indexes()
+        if self.keys is not None:
+            await self.keys.check()
+
+    # -- who may talk to whom -------------------------------------------------------------------------
+
+    async def direct_target(self, sender: str, to: str) -> Target:
+        """A one-to-one conversation: the recipient must exist and, under ``friends``, be a friend."""
+        if to != sender and not await self.store.user_exists(to):
+            raise NotFoundError(f"recipient {to!r} does not exist", code="unknown_recipient", field="to")
+        if self.direct_policy == "friends" and not await self.friends.are_friends(sender, to):
+            raise ForbiddenError(f"you and {to!r} are not friends (this server only lets friends talk)",
+                                 code="not_friends", field="to")
+        recipients = (sender,) if to == sender else (to, sender)
+        return Target(conv=direct_conversation_id(sender, to), to=to, recipients=recipients)
+
+    async def group_target(self, sender: str, group_id: str) -> Target:
+        """A group conversation: the sender must be a member; every member (sender too) gets an entry."""
+        group = await self.groups.of_member(group_id, sender)
+        return Target(conv=group.conv, to=group.conv, recipients=tuple(group.members))
+
+    async def is_participant(self, user: str, conv: str) -> bool:
+        kind, _, rest = conv.partition(":")
+        if kind == "d":
+            return user in rest.split(":")
+        if kind == "g":
+            group = await self.groups.get(rest)
+            return group is not None and user in group.members
+        return False
+
+    async def _require_participant(self, user: str, conv: str) -> None:
+        if not await self.is_participant(user, conv):
+            raise NotFoundError(f"no conversation {conv!r} among yours", code="unknown_conversation",
+                                field="conv")
+
+    # -- friends --------------------------------------------------------------------------------------
+
+    async def request_friend(self, me: str, other: str) -> Relation:
+        if not await self.store.user_exists(other):
+            raise NotFoundError(f"user {other!r} does not exist", code="unknown_user", field="user")
+        return await self.friends.request(me, other)
+
+    # -- groups ---------------------------------------------------------------------------------------
+
+    async def _existing(self, users: Iterable[str]) -> list[str]:
+        users = list(dict.fromkeys(users))
+        for user in users:
+            if not await self.store.user_exists(user):
+                raise NotFoundError(f"user {user!r} does not exist", code="unknown_user", field="members")
+        return users
+
+    async def create_group(self, owner: str, name: str, members: Iterable[str]) -> Group:
+        return await self.groups.create(owner, name, await self._existing(members))
+
+    async def add_members(self, actor: str, group_id: str, members: Iterable[str]) -> Group:
+        return await self.groups.add_members(actor, group_id, await self._existing(members))
+
+    # -- files ----------------------------------------------------------------------------------------
+
+    async def start_upload(self, owner: str, *, to: str = "", group: str = "", name: str = "",
+                           content_type: str | None = None) -> Upload:
+        """Open an upload for the conversation with ``to`` or of ``group`` (exactly one of them)."""
+        target = await self.target(owner, to=to, group=group)
+        return await self.files.start_upload(owner, target.conv, name=name,
+                                             content_type=clean_content_type(content_type))
+
+    async def target(self, sender: str, *, to: str = "", group: str = "") -> Target:
+        if bool(to) == bool(group):
+            raise InvalidInput("name exactly one of 'to' (a user) or 'group'", field="to")
+        return await (self.group_target(sender, group) if group else self.direct_target(sender, to))
+
+    async def attachment(self, sender: str, conv: str, file_id: str) -> dict[str, Any]:
+        """The body of a ``file`` message: the file must be the sender's, uploaded for this conversation."""
+        info = await self.files.info(file_id)
+        if info.owner != sender or info.conv != conv:
+            raise NotFoundError(f"no file {file_id!r} of yours in this conversation", code="unknown_file",
+                                field="body")
+        return info.attachment()
+
+    async def download(self, user: str, file_id: str) -> tuple[FileInfo, AsyncIterator[bytes]]:
+        """The file and its content stream, for its uploader and the conversation's participants only."""
+        info = await self.files.info(file_id)
+        if info.owner != user and not await self.is_participant(user, info.conv):
+            raise NotFoundError(f"no file {file_id!r}", code="unknown_file")
+        return info, self.files.stream(info)
+
+    # -- reads ----------------------------------------------------------------------------------------
+
+    async def history(self, user: str, conv: str, *, before: str | None, limit: int) -> dict[str, Any]:
+        await self._require_participant(user, conv)
+        before_id: ObjectId | None = parse_msg_id(before, "before") if before else None
+        return await self.history_reader.page(conv, before=before_id, limit=limit)
+
+    async def receipt_summary(self, user: str, msg_id: str) -> dict[str, Any]:
+        """Who a group message was delivered to and who read it, for the group's members."""
+        found = await self.receipts.summary(parse_msg_id(msg_id))
+        if found is None or not await self.is_participant(user, found[0]["conv"]):
+            raise NotFoundError(f"no message {msg_id!r}", code="unknown_message", field="msg_id")
+        if not is_group_conversation(found[0]["conv"]):
+            raise InvalidInput("receipts are aggregated for group messages; a one-to-one message's receipts "
+                               "are the receipt entries in its sender's inbox", code="not_a_group_message",
+                               field="msg_id")
+        return summary_dict(*found)

@@ -1,0 +1,148 @@
+"""Delivered and read receipts: drafts for the senders' inboxes, and per-message aggregates.
+
+A receipt travels to the original sender as an ordinary inbox entry of kind ``receipt`` (durable and
+ordered like any message), written through the same group-commit path. One receipt entry covers every
+message of one (sender, conversation) that one reader's ack or read frame touched, so acknowledging a
+hundred messages costs the sender one entry, not a hundred. Its ``client_msg_id`` is derived from the
+status and the message ids, so a repeated ack or read frame stores nothing new (the unique
+(from, client_msg_id) index of the archive dedups it).
+
+Aggregates (``receipts`` collection, one document per group message: who it was delivered to and who
+read it) answer "how many of the group have read this" without scanning inboxes. One-to-one messages
+have none: their one receipt entry per status says it all, and the hot ack path stays one write cheaper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bson import ObjectId
+from bson.errors import InvalidId
+from pymongo import UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
+
+from im.errors import InvalidInput
+from im.models import Draft
+from im.store import store_errors
+
+__all__ = ["DELIVERED", "READ", "RECEIPT_KIND", "ReceiptStore", "Touched", "parse_msg_id", "receipt_drafts"]
+
+RECEIPT_KIND = "receipt"
+DELIVERED = "delivered"
+READ = "read"
+# Message ids carried by one receipt entry; more are split over several entries.
+MAX_IDS_PER_RECEIPT = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Touched:
+    """A message a reader's ack or read covered."""
+
+    msg_id: str
+    conv: str
+    sender: str
+
+
+def parse_msg_id(value: str, field: str = "msg_id") -> ObjectId:
+    try:
+        return ObjectId(value)
+    except (InvalidId, TypeError):
+        raise InvalidInput(f"{field} is not a message id", field=field) from None
+
+
+def is_group_conversation(conv: str) -> bool:
+    return conv.startswith("g:")
+
+
+def wants_receipt(reader: str, *, sender: str, kind: str) -> bool:
+    """No receipts for receipts (they would echo forever) nor for one's own messages."""
+    return sender != reader and kind != RECEIPT_KIND
+
+
+def receipt_drafts(reader: str, status: str, touched: Iterable[Touched]) -> list[Draft]:
+    """One receipt draft per (sender, conversation) and chunk of ids, from ``reader`` to the sender."""
+    by_target: dict[tuple[str, str], set[str]] = {}
+    for item in touched:
+        by_target.setdefault((item.sender, item.conv), set()).add(item.msg_id)
+    drafts = []
+    for (sender, conv), id_set in by_target.items():
+        ids = sorted(id_set)
+        for start in range(0, len(ids), MAX_IDS_PER_RECEIPT):
+            chunk = ids[start:start + MAX_IDS_PER_RECEIPT]
+            digest = hashlib.sha256("\n".join(chunk).encode()).hexdigest()[:40]
+            drafts.append(Draft(
+                sender=reader, to=sender, conv=conv, kind=RECEIPT_KIND,
+                body={"status": status, "by": reader, "msg_ids": chunk},
+                client_msg_id=f"r:{status}:{digest}", recipients=(sender,),
+            ))
+    return drafts
+
+
+class ReceiptStore:
+    def __init__(self, receipts: AsyncCollection[dict[str, Any]], messages: AsyncCollection[dict[str, Any]]
+                 ) -> None:
+        self._receipts = receipts
+        self._messages = messages
+
+    async def record(self, reader: str, status: str, touched: Sequence[Touched]) -> None:
+        """Add ``reader`` to the aggregates of the group messages of ``touched`` (a read message counts
+        as delivered too)."""
+        touched = [t for t in touched if is_group_conversation(t.conv)]
+        if not touched:
+            return
+        fields = [DELIVERED] if status == DELIVERED else [DELIVERED, READ]
+        ops = [
+            UpdateOne(
+                {"_id": ObjectId(t.msg_id)},
+                {"$addToSet": dict.fromkeys(fields, reader),
+                 "$setOnInsert": {"conv": t.conv, "from": t.sender}},
+                upsert=True,
+            )
+            for t in touched
+        ]
+        async with store_errors("recording receipts"):
+            await self._receipts.bulk_write(ops, ordered=False)
+
+    async def readable(self, reader: str, msg_ids: Sequence[ObjectId]) -> list[Touched]:
+        """The messages of ``msg_ids`` that ``reader`` received from someone else (and, for group
+        messages, has not read yet).
+
+        Ids of messages the reader never received are ignored, as if unknown (no existence leak).
+        """
+        async with store_errors("reading messages"):
+            docs = await self._messages.find(
+                {"_id": {"$in": list(msg_ids)}}, {"conv": 1, "from": 1, "kind": 1, "rcpt": 1}
+            ).to_list(len(msg_ids))
+            done = {
+                d["_id"]
+                async for d in self._receipts.find({"_id": {"$in": list(msg_ids)}, READ: reader}, {"_id": 1})
+            }
+        return [
+            Touched(str(d["_id"]), d["conv"], d["from"])
+            for d in docs
+            if d["_id"] not in done and wants_receipt(reader, sender=d["from"], kind=d["kind"])
+            and any(r["u"] == reader for r in d.get("rcpt", []))
+        ]
+
+    async def summary(self, msg_id: ObjectId) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """``(archived message, aggregate)`` of ``msg_id``, or None when there is no such message."""
+        async with store_errors("reading receipts"):
+            message = await self._messages.find_one({"_id": msg_id}, {"body": 0})
+            if message is None:
+                return None
+            aggregate = await self._receipts.find_one({"_id": msg_id}) or {}
+        return message, aggregate
+
+
+def summary_dict(message: dict[str, Any], aggregate: dict[str, Any]) -> dict[str, Any]:
+    """Counts and who, per status; ``recipients`` counts everyone but the sender."""
+    recipients = [r["u"] for r in message.get("rcpt", []) if r["u"] != message["from"]]
+    out: dict[str, Any] = {"msg_id": str(message["_id"]), "conv": message["conv"], "from": message["from"],
+                           "recipients": len(recipients)}
+    for status in (DELIVERED, READ):
+        users = sorted(aggregate.get(status, []))
+        out[status] = {"count": len(users), "users": users}
+    return out
