@@ -1,0 +1,232 @@
+// The client's picture of its conversations: messages per conversation, unread counts, pending sends
+// and receipt marks, cached in localStorage per user+device (the server trims inbox entries once
+// acknowledged, so the client keeps what it has shown; the history API, where the server has it,
+// refills a conversation after a gap or on a new device).
+
+import { storage } from "./util.js";
+
+const MAX_CACHED_PER_CONV = 200;
+const SAVE_DELAY_MS = 250;
+const MARK_RANK = { failed: -1, pending: 0, sent: 1, delivered: 2, read: 3 };
+
+export function directConvId(a, b) {
+  const [x, y] = [a, b].sort();
+  return `d:${x}:${y}`;
+}
+
+/** The other person of a direct conversation id, or null for a group. */
+export function peerOf(convId, me) {
+  if (!convId.startsWith("d:")) return null;
+  const [, a, b] = convId.split(":");
+  return a === me ? b : a;
+}
+
+export function isGroupConv(convId) {
+  return convId.startsWith("g:");
+}
+
+/** A receipt entry's body, whatever its shape: {status, msg_ids, by} or null when it is not one. */
+export function parseReceipt(entry) {
+  let body = entry.body;
+  if (typeof body === "string") {
+    try { body = JSON.parse(body); } catch { return null; }
+  }
+  if (!body || typeof body !== "object") return null;
+  const status = body.status ?? body.type ?? body.receipt ?? body.kind;
+  const ids = body.msg_ids ?? (body.msg_id ? [body.msg_id] : []);
+  if (!["delivered", "read"].includes(status) || !Array.isArray(ids)) return null;
+  return { status, msgIds: ids.map(String), by: body.by ?? body.user ?? entry.from };
+}
+
+export class ChatState {
+  constructor(me, device) {
+    this.me = me;
+    this.key = `im.chats.${me}.${device}`;
+    this.conversations = new Map();
+    this.saveTimer = null;
+    const saved = storage.get(this.key, null);
+    for (const conv of saved?.conversations ?? []) {
+      if (conv && typeof conv.id === "string") this.conversations.set(conv.id, this.revive(conv));
+    }
+  }
+
+  revive(conv) {
+    const messages = (conv.messages ?? []).filter((m) => m && (m.msg_id || m.client_msg_id));
+    return {
+      id: conv.id, title: conv.title ?? null, unread: Number(conv.unread) || 0,
+      lastActivity: Number(conv.lastActivity) || 0, messages, readUpto: conv.readUpto ?? null,
+      group: conv.group ?? null, historyLoaded: false, historyMore: undefined, historyBusy: false,
+    };
+  }
+
+  /** The conversation with this id, created empty when new. */
+  conv(id) {
+    let conv = this.conversations.get(id);
+    if (!conv) {
+      conv = this.revive({ id, lastActivity: Date.now() });
+      this.conversations.set(id, conv);
+    }
+    return conv;
+  }
+
+  /** Conversations, most recent first. */
+  list() {
+    return [...this.conversations.values()].sort((a, b) => b.lastActivity - a.lastActivity);
+  }
+
+  titleOf(conv) {
+    if (conv.title) return conv.title;
+    return peerOf(conv.id, this.me) ?? conv.id.slice(2);
+  }
+
+  totalUnread() {
+    let n = 0;
+    for (const conv of this.conversations.values()) n += conv.unread;
+    return n;
+  }
+
+  /**
+   * One inbox entry (seq order). `activeConv` is the conversation on screen, whose messages are not
+   * counted unread. Returns the id of the conversation that changed, or null.
+   */
+  addEntry(entry, { activeConv = null, visible = true } = {}) {
+    if (entry.kind === "receipt") return this.applyReceipt(entry);
+    if (typeof entry.conv !== "string") return null;
+    const conv = this.conv(entry.conv);
+    const message = {
+      msg_id: entry.msg_id, client_msg_id: entry.client_msg_id, from: entry.from, to: entry.to,
+      kind: entry.kind ?? "text", body: entry.body, ts: entry.ts ?? Date.now(),
+    };
+    if (conv.messages.some((m) => m.msg_id && m.msg_id === message.msg_id)) return null;
+    if (entry.from === this.me) {
+      // Our own message coming back through the inbox: replace the pending copy, keep the best mark.
+      const pending = conv.messages.findIndex((m) => !m.msg_id && m.client_msg_id === entry.client_msg_id);
+      message.state = "sent";
+      if (pending >= 0) {
+        const old = conv.messages[pending];
+        if ((MARK_RANK[old.state] ?? 0) > MARK_RANK.sent) message.state = old.state;
+        conv.messages.splice(pending, 1);
+      }
+    } else if (entry.conv !== activeConv || !visible) {
+      conv.unread += 1;
+    }
+    this.insertConfirmed(conv, message);
+    conv.lastActivity = Math.max(conv.lastActivity, message.ts);
+    this.scheduleSave();
+    return conv.id;
+  }
+
+  /** Confirmed messages stay in arrival (seq) order; pending ones stay last. Older ones (history) go in by ts. */
+  insertConfirmed(conv, message) {
+    const firstPending = conv.messages.findIndex((m) => !m.msg_id);
+    const end = firstPending < 0 ? conv.messages.length : firstPending;
+    let at = end;
+    while (at > 0 && conv.messages[at - 1].ts > message.ts) at -= 1;
+    conv.messages.splice(at, 0, message);
+    if (conv.messages.length > MAX_CACHED_PER_CONV) conv.messages.splice(0, conv.messages.length - MAX_CACHED_PER_CONV);
+  }
+
+  /** Page of history (any order): merged by msg_id, so it can be loaded any number of times. */
+  addHistory(convId, entries) {
+    const conv = this.conv(convId);
+    const known = new Set(conv.messages.map((m) => m.msg_id).filter(Boolean));
+    const fresh = entries.filter((e) => e.msg_id && !known.has(String(e.msg_id)) && e.kind !== "receipt")
+      .sort((a, b) => (a.ts ?? 0) - (b.ts ?? 0));
+    for (const e of fresh) {
+      this.insertConfirmed(conv, {
+        msg_id: String(e.msg_id), client_msg_id: e.client_msg_id, from: e.from, to: e.to,
+        kind: e.kind ?? "text", body: e.body, ts: e.ts ?? 0, state: e.from === this.me ? (e.status ?? "sent") : undefined,
+      });
+      conv.lastActivity = Math.max(conv.lastActivity, e.ts ?? 0);
+    }
+    conv.historyLoaded = true;
+    this.scheduleSave();
+    return fresh.length;
+  }
+
+  /** Show an outbox item (pending, sent or failed) in its conversation. */
+  upsertOutgoing(item) {
+    const conv = this.conv(item.conv);
+    let message = conv.messages.find((m) => m.client_msg_id === item.client_msg_id && m.from === this.me);
+    if (!message) {
+      message = {
+        msg_id: null, client_msg_id: item.client_msg_id, from: this.me, to: item.to ?? item.group, kind: item.kind,
+        body: item.display ?? item.body, ts: item.created, state: "pending",
+      };
+      conv.messages.push(message);
+    }
+    if (item.state === "sent") {
+      if ((MARK_RANK[message.state] ?? 0) < MARK_RANK.sent) message.state = "sent";
+      message.sentMsgId = item.receipt?.msg_id ?? null;
+    } else if (message.msg_id === null) {
+      message.state = item.state;
+      message.error = item.error;
+    }
+    conv.lastActivity = Math.max(conv.lastActivity, item.created);
+    this.scheduleSave();
+    return conv.id;
+  }
+
+  applyReceipt(entry) {
+    const receipt = parseReceipt(entry);
+    if (!receipt) return null;
+    const ids = new Set(receipt.msgIds);
+    let changed = null;
+    const convs = entry.conv && this.conversations.has(entry.conv) ? [this.conversations.get(entry.conv)]
+      : this.conversations.values();
+    for (const conv of convs) {
+      for (const m of conv.messages) {
+        const id = m.msg_id ?? m.sentMsgId;
+        if (m.from !== this.me || !id || !ids.has(id)) continue;
+        // Who has it: a group message is delivered to / read by members one by one.
+        const field = receipt.status === "read" ? "readBy" : "deliveredBy";
+        const who = new Set(m[field] ?? []);
+        if (receipt.by && !who.has(receipt.by)) {
+          who.add(receipt.by);
+          m[field] = [...who];
+          changed = conv.id;
+        }
+        if (MARK_RANK[receipt.status] > (MARK_RANK[m.state] ?? 0)) {
+          m.state = receipt.status;
+          changed = conv.id;
+        }
+      }
+    }
+    if (changed) this.scheduleSave();
+    return changed;
+  }
+
+  /** Messages of others in `convId` that we have not yet reported read; marks them reported. */
+  takeUnreported(convId) {
+    const conv = this.conversations.get(convId);
+    if (!conv) return [];
+    const ids = conv.messages.filter((m) => m.from !== this.me && m.msg_id && !m.readSent).map((m) => {
+      m.readSent = true;
+      return m.msg_id;
+    });
+    if (ids.length) this.scheduleSave();
+    return ids;
+  }
+
+  markRead(convId) {
+    const conv = this.conversations.get(convId);
+    if (conv && conv.unread) {
+      conv.unread = 0;
+      this.scheduleSave();
+    }
+  }
+
+  scheduleSave() {
+    clearTimeout(this.saveTimer);
+    this.saveTimer = setTimeout(() => this.save(), SAVE_DELAY_MS);
+  }
+
+  save() {
+    clearTimeout(this.saveTimer);
+    const conversations = this.list().map((c) => ({
+      id: c.id, title: c.title, unread: c.unread, lastActivity: c.lastActivity, group: c.group,
+      messages: c.messages.filter((m) => m.msg_id).slice(-MAX_CACHED_PER_CONV),
+    }));
+    storage.set(this.key, { conversations });
+  }
+}
