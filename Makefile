@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint system-deps clean reliability
+.PHONY: run test lint system-deps clean reliability bench
 
 run: $(VENV)/.installed
 	$(PY) server.py
@@ -35,3 +35,12 @@ clean:
 # The fault and fuzz figures of docs/reliability.md come from a real run of the suite, never by hand.
 reliability: system-deps $(VENV)/.installed-test
 	IM_WRITE_RELIABILITY_DOC=1 $(PY) -m pytest tests/test_fuzz.py tests/reliability
+
+# The benchmark (~10 minutes on 2 cores): bench/results/REPORT.md and its plots. BENCH_ARGS=--quick for
+# a one-minute smoke run; `$(PY) -m bench.run --help` lists every size.
+bench: $(VENV)/.installed-bench
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+$(VENV)/.installed-bench: $(VENV)/.installed setup.cfg
+	$(PY) -m pip install --quiet -e '.[bench]'
+	touch $@

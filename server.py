@@ -17,18 +17,13 @@ import tornado.httpserver
 from config import Settings, SettingsError, load_settings
 from handlers.app import make_app
 from handlers.base import hard_body_limit
+from im.logging_setup import configure_logging
 from im.runtime import Runtime
 
 log = logging.getLogger("im.server")
 
 # Time given to in-flight requests (long-polls end early) before connections are cut at shutdown.
 SHUTDOWN_GRACE_SECS = 5.0
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
 
 
 def build_http_server(runtime: Runtime) -> tornado.httpserver.HTTPServer:
@@ -53,6 +48,7 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     log.info("shutting down")
     server.stop()
+    await runtime.service.quiesce(SHUTDOWN_GRACE_SECS)
     try:
         await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE_SECS)
     except TimeoutError:
@@ -67,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"im-server: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     asyncio.run(serve(settings))
     return 0
 

@@ -46,6 +46,20 @@ class Settings:
     # Redis (cluster mode)
     redis_url: str = _setting("", "Redis URL; empty runs single-node with the in-process bus")
 
+    # Cluster
+    node_address: str = _setting("", "address that operators and other nodes see (default: host:port)")
+    redis_prefix: str = _setting("im:", "prefix of every Redis key and channel (clusters may share a Redis)")
+    presence_ttl_secs: float = _setting(
+        30.0, "a node's registration and its users' presence expire this long after its last heartbeat"
+    )
+    heartbeat_secs: float = _setting(10.0, "how often a node refreshes its registration and presence TTLs")
+    presence_linger_secs: float = _setting(
+        5.0, "a user stays present this long after the last connection closed (long-polls reconnect)"
+    )
+    login_policy: str = _setting(
+        "multi", "multi: several sessions per user; single: a new connection kicks the user's older ones"
+    )
+
     # Auth
     jwt_secret: str = _setting("", "HS256 secret; empty generates one into data_dir/jwt_secret")
     jwt_ttl_secs: int = _setting(7 * 24 * 3600, "lifetime of issued tokens")
@@ -101,6 +115,27 @@ class Settings:
     log_level: str = _setting("INFO", "logging level")
     static_dir: str = _setting("", "directory of the web client (default: the bundled static/)")
 
+    # Observability and integration
+    log_format: str = _setting("text", "log lines: text, or json (one object per line, with request_id)")
+    webhook_urls: str = _setting("", "comma-separated URLs that get a signed POST for each stored message")
+    webhook_secret: str = _setting("", "HMAC-SHA256 key of X-IM-Signature (required with webhook_urls)")
+    webhook_max_attempts: int = _setting(6, "POSTs per event and URL before giving up (exponential backoff)")
+    webhook_queue_size: int = _setting(10_000, "webhook deliveries held in memory; more are dropped, counted")
+    webhook_timeout_secs: float = _setting(5.0, "time a webhook receiver has to answer one POST")
+
+    # Conversations
+    direct_policy: str = _setting("anyone", "who may message whom one-to-one: anyone, or friends only")
+    group_max_members: int = _setting(500, "most members of a group (bounds the write fan-out of a message)")
+    file_max_bytes: int = _setting(10 * 1024 * 1024, "largest uploaded file (POST /api/v1/files)")
+    history_max_limit: int = _setting(200, "most messages one history page may return")
+    master_key: str = _setting(
+        "", "master key wrapping the per-conversation data keys; empty generates one into data_dir/master_key"
+    )
+    master_old_keys: str = _setting(
+        "", "comma-separated previous master keys still accepted for unwrapping (during a key rotation)"
+    )
+    data_key_cache_size: int = _setting(10_000, "unwrapped conversation data keys kept in memory")
+
     @property
     def allowed_origin_list(self) -> list[str]:
         return [o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()]
@@ -134,7 +169,37 @@ class Settings:
             raise SettingsError("port must be 0..65535")
         if self.write_concern != "majority" and not self.write_concern.isdigit():
             raise SettingsError("write_concern must be 'majority' or a number")
+        if self.login_policy not in ("multi", "single"):
+            raise SettingsError("login_policy must be 'multi' or 'single'")
+        if not 0 < self.heartbeat_secs < self.presence_ttl_secs:
+            raise SettingsError("heartbeat_secs must be positive and below presence_ttl_secs")
+        if self.log_format not in ("text", "json"):
+            raise SettingsError("log_format must be 'text' or 'json'")
+        self._validate_webhooks()
+        self._validate_conversations()
+        if self.presence_linger_secs < 0:
+            raise SettingsError("presence_linger_secs must not be negative")
         return self
+
+
+    def _validate_conversations(self) -> None:
+        if self.direct_policy not in ("anyone", "friends"):
+            raise SettingsError("direct_policy must be 'anyone' or 'friends'")
+        for name in ("group_max_members", "file_max_bytes", "history_max_limit", "data_key_cache_size"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be positive")
+
+    def _validate_webhooks(self) -> None:
+        urls = [u.strip() for u in self.webhook_urls.split(",") if u.strip()]
+        if not urls:
+            return
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise SettingsError(f"webhook_urls: {url!r} is not an http(s) URL")
+        if not self.webhook_secret:
+            raise SettingsError("webhook_secret is required when webhook_urls is set (receivers verify it)")
+        if self.webhook_max_attempts < 1 or self.webhook_queue_size < 1 or self.webhook_timeout_secs <= 0:
+            raise SettingsError("webhook_max_attempts, _queue_size and _timeout_secs must be positive")
 
 
 def _parse_bool(text: str) -> bool:

@@ -12,6 +12,7 @@ from config import Settings
 from handlers.errors import http_status
 from im.auth import Principal, parse_bearer
 from im.errors import AuthError, ImError, TooLarge
+from im.logging_setup import REQUEST_ID, request_id_from
 from im.protocol import decode_json_body
 from im.service import MessagingService
 
@@ -61,9 +62,20 @@ class ApiHandler(tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
+        # Here rather than in prepare(): error responses clear headers and call this again.
+        self.set_header("X-Request-Id", self.request_id)
+
+    @property
+    def request_id(self) -> str:
+        """The caller's ``X-Request-Id`` (when sane) or a new one; echoed and stamped on log records."""
+        rid = self.__dict__.get("_request_id")
+        if rid is None:
+            rid = self._request_id = request_id_from(self.request.headers.get("X-Request-Id"))
+        return rid
 
     async def prepare(self) -> None:
         """CORS, the per-address limit, the body limit, then the token (revocation needs the store)."""
+        REQUEST_ID.set(self.request_id)
         origin = self.request.headers.get("Origin")
         allowed = self.settings_.allowed_origin_list
         if origin and origin_allowed(origin, host=self.request.host, allowed=allowed):

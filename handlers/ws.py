@@ -23,7 +23,7 @@ from handlers.base import origin_allowed
 from handlers.errors import error_frame
 from im.auth import Principal, parse_bearer
 from im.errors import AuthError, ImError, InvalidInput
-from im.protocol import decode_frame, encode_frame, parse_ack, parse_pull, parse_send, read_str
+from im.protocol import decode_frame, encode_frame, parse_ack, parse_pull, parse_read, parse_send, read_str
 from im.service import MessagingService
 
 __all__ = ["ImWebSocket", "hard_frame_limit"]
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 CLOSE_AUTH_TIMEOUT = 4401
 CLOSE_SLOW_CONSUMER = 4408
 CLOSE_RATE_LIMITED = 4429
+CLOSE_KICKED = 4409
 
 
 def hard_frame_limit(settings: Settings) -> int:
@@ -112,6 +113,14 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
         except ImError as error:
             log.info("ws %s: %s (%s)", self._who(), error.code, error.message)
             reply = error_frame(error, rid=rid)
+        except asyncio.CancelledError:
+            if self._closed:
+                return  # the peer went away while its frame was being served: nobody to answer
+            raise
+        except Exception:
+            # Loop edge: one frame's unexpected failure must not kill a healthy connection.
+            log.exception("ws %s: unexpected error serving a frame", self._who())
+            reply = {"t": "error", "code": "internal", "message": "the server failed to serve this frame"}
         if rid is not None:
             reply["rid"] = rid
         await self._write(reply)
@@ -142,6 +151,9 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
             upto = parse_ack(frame)
             result = await service.ack(principal, upto=upto)
             return {"t": "acked", "upto": upto, **result.to_dict()}
+        if kind == "read":
+            accepted = await service.read(principal, parse_read(frame))
+            return {"t": "read", "ok": True, "msg_ids": accepted}
         raise InvalidInput(f"unknown frame type {kind!r}", code="unknown_type", field="t")
 
     # -- notifies to the client -----------------------------------------------------------------------
@@ -162,6 +174,20 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
                 await self._write({"t": "notify", "seq": seq})
         finally:
             self._notify_task = None
+
+    def going_away(self) -> None:
+        """Node shutdown: 1001 tells the client to reconnect (to another node); nothing is lost."""
+        if not self._closed:
+            self.close(1001, "server shutting down")
+
+    def kick(self, reason: str) -> None:
+        """Service callback (login policy ``single``): a newer session took over; say so, then close.
+
+        A client that gets ``kicked`` should not reconnect by itself, or the two sessions take turns.
+        """
+        self._send_frame({"t": "kicked", "reason": reason,
+                          "message": "this session was replaced by a newer login of the same user"})
+        self.close(CLOSE_KICKED, "kicked")
 
     # -- plumbing -------------------------------------------------------------------------------------
 

@@ -45,6 +45,18 @@ class Hub:
             except Exception:
                 log.exception("listener of %s failed on notify", user)
 
+    def going_away(self) -> None:
+        """The node is shutting down: ask every listener that can to end itself (sockets close with
+        1001 so clients reconnect elsewhere; long-polls answer now)."""
+        for listeners in tuple(self._listeners.values()):
+            for listener in tuple(listeners):
+                end = getattr(listener, "going_away", None)
+                if end is not None:
+                    try:
+                        end()
+                    except Exception:
+                        log.exception("ending a listener at shutdown failed")
+
     def poke_all(self) -> None:
         """Make every listener re-check the store, e.g. after notifies may have been lost in an outage."""
         for user in tuple(self._listeners):

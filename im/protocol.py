@@ -27,22 +27,26 @@ __all__ = [
     "encode_frame",
     "parse_ack",
     "parse_pull",
+    "parse_read",
     "parse_send",
     "read_bool",
     "read_device",
+    "read_group_id",
     "read_int",
     "read_str",
     "read_user_id",
+    "read_user_list",
 ]
 
 # Frame types a client may send. Server-only types (sent, notify, msgs, receipt, error, pong...)
 # are refused when a client sends them, so a confused client hears about it instead of being ignored.
-CLIENT_FRAME_TYPES = frozenset({"auth", "send", "pull", "ack", "ping"})
+CLIENT_FRAME_TYPES = frozenset({"auth", "send", "pull", "ack", "ping", "read"})
 
 # Lower-case only so "Alice" and "alice" can never be two accounts; no ":" because user ids are
 # embedded in conversation ids ("d:alice:bob").
 USER_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 DEVICE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+MSG_ID_PATTERN = re.compile(r"^[0-9a-f]{24}$")
 MAX_CLIENT_MSG_ID_CHARS = 64
 # JSON and msgpack both allow arbitrarily deep nesting; no valid frame is deeper than this.
 MAX_NESTING_DEPTH = 8
@@ -200,27 +204,77 @@ def read_device(source: Mapping[str, Any], name: str = "device") -> str:
 
 # -- requests shared by WebSocket frames and HTTP bodies ---------------------------------------------
 
-MESSAGE_KINDS = frozenset({"text"})
+# Kinds a client may send; "receipt" entries are written by the server only. A "file" message's body
+# is the id of a file uploaded for the same conversation (POST /api/v1/files).
+MESSAGE_KINDS = frozenset({"text", "file"})
+GROUP_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Message ids one read frame / request may name.
+MAX_READ_IDS = 500
+FILE_ID_CHARS = 24
+# Members named in one group call.
+MAX_USERS_PER_CALL = 500
 
 
 @dataclass(frozen=True, slots=True)
 class SendRequest:
+    """A send to a user (``to``) or, with ``group`` set (and ``to`` empty), to a group."""
+
     to: str
     body: str
     client_msg_id: str
     kind: str = "text"
+    group: str = ""
 
 
 def parse_send(source: Mapping[str, Any], *, max_text_chars: int) -> SendRequest:
     kind = read_str(source, "kind", max_chars=16, default="text")
     if kind not in MESSAGE_KINDS:
         raise InvalidInput(f"kind must be one of {sorted(MESSAGE_KINDS)}", field="kind")
+    group = read_group_id(source, "group") if source.get("group") is not None else ""
+    if group and source.get("to") is not None:
+        raise InvalidInput("name either 'to' (a user) or 'group', not both", field="group")
     return SendRequest(
-        to=read_user_id(source, "to"),
-        body=read_str(source, "body", max_chars=max_text_chars),
+        to="" if group else read_user_id(source, "to"),
+        body=read_str(source, "body", max_chars=FILE_ID_CHARS if kind == "file" else max_text_chars),
         client_msg_id=read_str(source, "client_msg_id", max_chars=MAX_CLIENT_MSG_ID_CHARS),
         kind=kind,
+        group=group,
     )
+
+
+def read_group_id(source: Mapping[str, Any], name: str = "group") -> str:
+    return read_str(source, name, max_chars=64, pattern=GROUP_ID_PATTERN,
+                    pattern_help="must be a group id (1-64 characters of A-Z, a-z, 0-9, '_', '-')")
+
+
+def _read_list(source: Mapping[str, Any], name: str, *, max_items: int) -> list[Any]:
+    value = source.get(name)
+    if value is None:
+        raise InvalidInput(f"{name} is required", field=name)
+    if not isinstance(value, list):
+        raise InvalidInput(f"{name} must be a list", field=name)
+    if len(value) > max_items:
+        raise TooLarge(f"{name} has more than {max_items} items", field=name)
+    return value
+
+
+def read_user_list(source: Mapping[str, Any], name: str, *, allow_empty: bool = False) -> list[str]:
+    """A list of user ids (duplicates dropped, order kept)."""
+    items = _read_list(source, name, max_items=MAX_USERS_PER_CALL)
+    if not items and not allow_empty:
+        raise InvalidInput(f"{name} must name at least one user", field=name)
+    users = [read_user_id({name: item}, name) for item in items]
+    return list(dict.fromkeys(users))
+
+
+def parse_read(source: Mapping[str, Any]) -> list[str]:
+    """The ``msg_ids`` of a read frame or request: 1..MAX_READ_IDS message ids (24 hex digits)."""
+    items = _read_list(source, "msg_ids", max_items=MAX_READ_IDS)
+    if not items:
+        raise InvalidInput("msg_ids must name at least one message", field="msg_ids")
+    ids = [read_str({"msg_ids": item}, "msg_ids", max_chars=24, min_chars=24, pattern=MSG_ID_PATTERN,
+                    pattern_help="must hold message ids (24 hex digits)") for item in items]
+    return list(dict.fromkeys(ids))
 
 
 def parse_pull(source: Mapping[str, Any], *, default_limit: int, max_limit: int) -> tuple[int, int]:

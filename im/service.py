@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from im.auth import (
@@ -25,13 +25,18 @@ from im.auth import (
 )
 from im.bus import Bus
 from im.committer import GroupCommitter
-from im.errors import AuthError, InvalidInput, NotFoundError, RateLimited
-from im.hub import Hub, InboxListener
-from im.inbox import InboxStore
-from im.models import AckResult, Draft, PullResult, Receipt, direct_conversation_id
+from im.conversations import Conversations
+from im.errors import AuthError, ConflictError, InvalidInput, RateLimited
+from im.hub import Hub
+from im.inbox import InboxStore, TrimmedEntry
+from im.metrics import Metrics
+from im.models import AckResult, Draft, PullResult, Receipt
+from im.presence import Connection, LocalPresence, OnlinePage, Presence, PresenceInfo
 from im.protocol import SendRequest
 from im.ratelimit import Limits
+from im.receipts import DELIVERED, READ, Touched, parse_msg_id, receipt_drafts, wants_receipt
 from im.store import Store
+from im.webhooks import WebhookSender, message_event
 
 __all__ = ["MessagingService"]
 
@@ -45,27 +50,44 @@ ACK_CACHE_SIZE = 100_000
 TOKEN_VERSION_CACHE_SECS = 5.0
 # Verifying against this hash when the user does not exist keeps login timing from revealing accounts.
 _DUMMY_HASH_PASSWORD = "not-a-real-password"
+# Why a connection was closed by the `single` login policy (the `reason` of the kicked frame).
+KICK_REASON = "logged_in_elsewhere"
+RemoteKickFn = Callable[[str, float], Awaitable[None]]
 
 
 class _PollWaiter:
     """A long-poll waiting for its user's inbox to move."""
 
-    __slots__ = ("event",)
+    __slots__ = ("event", "kicked")
 
     def __init__(self) -> None:
         self.event = asyncio.Event()
+        self.kicked = ""
 
     def inbox_changed(self, seq: int) -> None:
         self.event.set()
+
+    def kick(self, reason: str) -> None:
+        self.kicked = reason
+        self.event.set()
+
+    def going_away(self) -> None:
+        self.event.set()  # answer now (with whatever is new); the client polls again elsewhere
 
 
 class MessagingService:
     def __init__(
         self, *, store: Store, inbox: InboxStore, tokens: TokenIssuer, hub: Hub, bus: Bus,
         commit_max_batch: int = 256, limits: Limits | None = None,
+        presence: Presence | None = None, login_policy: str = "multi",
+        metrics: Metrics | None = None, webhooks: WebhookSender | None = None,
+        conversations: Conversations | None = None,
     ) -> None:
         self.store = store
         self.inbox = inbox
+        # Friends, groups, files, history, send rules; delivered receipts are written when acks trim.
+        self.conversations = conversations or Conversations(store)
+        inbox.on_trim = self._delivered
         self.tokens = tokens
         self.hub = hub
         self.bus = bus
@@ -74,15 +96,48 @@ class MessagingService:
         self._acked: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()
         self._token_versions: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._dummy_hash: str | None = None
+        self.presence: Presence = presence or LocalPresence()
+        self.login_policy = login_policy
+        # Set by the runtime in cluster mode: asks the other nodes to kick a user's older connections.
+        self.remote_kick: RemoteKickFn | None = None
+        self.metrics = metrics or Metrics()
+        self.webhooks = webhooks
+        self._poll_waiters = 0
+        self.metrics.gauge("im_connections", "Open client connections on this node by transport",
+                           self._connections_by_transport, label="transport")
+        self.metrics.gauge("im_long_poll_waiters", "Long-polls waiting on this node",
+                           lambda: {"": float(self._poll_waiters)})
+
+    def _connections_by_transport(self) -> dict[str, float]:
+        waiters = self._poll_waiters
+        return {"ws": float(max(0, self.hub.listener_count() - waiters)), "longpoll": float(waiters)}
 
     async def start(self) -> None:
+        if self.webhooks is not None:
+            await self.webhooks.start()
         await self.store.ensure_indexes()
+        await self.conversations.start()
+        await self.presence.start()
         await self.bus.start(self.hub.deliver)
         self._dummy_hash = await hash_password(_DUMMY_HASH_PASSWORD)
+
+    async def quiesce(self, grace_secs: float) -> None:
+        """Shutdown, step one: end every wait on this node and give in-flight work ``grace_secs`` to
+        answer (long-polls reply, sockets close with 1001, queued sends are written) before the
+        transport cuts the remaining connections."""
+        self.hub.going_away()
+        deadline = time.monotonic() + grace_secs
+        # Two unrelated counters drain at shutdown; polling them is simpler than wiring events for it.
+        while (self._poll_waiters or self.committer.queued) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)  # let the answers be written out
 
     async def close(self) -> None:
         await self.committer.drain()
         await self.bus.close()
+        await self.presence.close()
+        if self.webhooks is not None:
+            await self.webhooks.close()
 
     # -- accounts -------------------------------------------------------------------------------------
 
@@ -149,21 +204,55 @@ class MessagingService:
     # -- sending --------------------------------------------------------------------------------------
 
     async def send(self, principal: Principal, request: SendRequest) -> Receipt:
-        """Store a one-to-one message durably, notify, and return its receipt."""
-        sender, to = principal.user, request.to
+        """Store a one-to-one or group message durably, notify, and return its receipt.
+
+        A group message is archived once and gets one entry (with that member's own seq) in every
+        member's inbox, the sender's included, in the same batched write as any other message.
+        """
+        sender = principal.user
         if self.limits.sends_per_user is not None:
             self.limits.sends_per_user.check(sender)
-        if to != sender and not await self.store.user_exists(to):
-            raise NotFoundError(f"recipient {to!r} does not exist", code="unknown_recipient", field="to")
-        recipients = (sender,) if to == sender else (to, sender)
+        conversations = self.conversations
+        if request.group:
+            target = await conversations.group_target(sender, request.group)
+        else:
+            target = await conversations.direct_target(sender, request.to)
+        body: Any = request.body
+        if request.kind == "file":
+            body = await conversations.attachment(sender, target.conv, request.body)
         draft = Draft(
-            sender=sender, to=to, conv=direct_conversation_id(sender, to), kind=request.kind,
-            body=request.body, client_msg_id=request.client_msg_id, recipients=recipients,
+            sender=sender, to=target.to, conv=target.conv, kind=request.kind,
+            body=body, client_msg_id=request.client_msg_id, recipients=target.recipients,
         )
         return await self.committer.submit(draft)
 
+    # -- receipts -------------------------------------------------------------------------------------
+
+    async def _delivered(self, user: str, entries: list[TrimmedEntry]) -> None:
+        """Inbox hook, before ``user``'s acknowledged entries are trimmed: delivered receipts to senders."""
+        touched = [Touched(e.msg_id, e.conv, e.sender) for e in entries
+                   if wants_receipt(user, sender=e.sender, kind=e.kind)]
+        await self._write_receipts(user, DELIVERED, touched)
+
+    async def read(self, principal: Principal, msg_ids: Sequence[str]) -> list[str]:
+        """``principal`` has read ``msg_ids``: read receipts to their senders. Returns the ids taken
+        (messages not received, one's own, and group messages already read are skipped; repeating a
+        read of the same ids stores nothing new)."""
+        ids = [parse_msg_id(m, "msg_ids") for m in msg_ids]
+        touched = await self.conversations.receipts.readable(principal.user, ids)
+        await self._write_receipts(principal.user, READ, touched)
+        return [t.msg_id for t in touched]
+
+    async def _write_receipts(self, reader: str, status: str, touched: Sequence[Touched]) -> None:
+        if not touched:
+            return
+        # Through the committer like any message: durable, ordered in the sender's inbox, notified.
+        await asyncio.gather(*(self.committer.submit(d) for d in receipt_drafts(reader, status, touched)))
+        await self.conversations.receipts.record(reader, status, touched)
+
     async def _write_and_notify(self, drafts: Sequence[Draft]) -> list[Receipt]:
         receipts = await self.inbox.append(drafts)
+        self._after_write(drafts, receipts)
         heads: dict[str, int] = {}
         for receipt in receipts:
             if receipt.duplicate:
@@ -174,13 +263,33 @@ class MessagingService:
             await self.bus.publish(heads)
         return receipts
 
+    def _after_write(self, drafts: Sequence[Draft], receipts: Sequence[Receipt]) -> None:
+        """Count the batch and queue its webhooks; synchronous, so it never delays the receipts."""
+        metrics, webhooks = self.metrics, self.webhooks
+        for draft, receipt in zip(drafts, receipts, strict=False):
+            if receipt.duplicate:
+                metrics.duplicate_sends.inc()
+                continue
+            metrics.messages_stored.inc()
+            metrics.inbox_entries_written.inc(len(receipt.seqs))
+            if webhooks is not None:
+                webhooks.enqueue(message_event(
+                    msg_id=receipt.msg_id, sender=draft.sender, to=draft.to, conv=receipt.conv,
+                    kind=draft.kind, body=draft.body, client_msg_id=receipt.client_msg_id, ts=receipt.ts,
+                    seqs=receipt.seqs,
+                ))
+
     # -- receiving ------------------------------------------------------------------------------------
 
     async def pull(self, principal: Principal, *, after: int, limit: int) -> PullResult:
-        return await self.inbox.pull(principal.user, after=after, limit=limit)
+        with self.metrics.pull_seconds.time():
+            result = await self.inbox.pull(principal.user, after=after, limit=limit)
+        self.metrics.messages_delivered.inc(len(result.messages))
+        return result
 
     async def ack(self, principal: Principal, *, upto: int) -> AckResult:
-        result = await self.inbox.ack(principal.user, principal.device, upto=upto)
+        with self.metrics.ack_seconds.time():
+            result = await self.inbox.ack(principal.user, principal.device, upto=upto)
         self._remember_ack(principal, result.cursor)
         return result
 
@@ -193,8 +302,9 @@ class MessagingService:
         self._check_connection_cap(principal)
         await self._ack_for_poll(principal, after)
         waiter = _PollWaiter()
-        self.hub.add(principal.user, waiter)
+        self._poll_waiters += 1
         try:
+            await self._attach(principal, waiter)  # a waiting long-poll counts as a connection
             result = await self.pull(principal, after=after, limit=limit)
             if result.messages or result.gap:
                 return result
@@ -202,9 +312,12 @@ class MessagingService:
                 await asyncio.wait_for(waiter.event.wait(), timeout_secs)
             except TimeoutError:
                 return result
+            if waiter.kicked:
+                raise ConflictError("a newer session of this user connected", code="kicked")
             return await self.pull(principal, after=after, limit=limit)
         finally:
-            self.hub.remove(principal.user, waiter)
+            self._poll_waiters -= 1
+            self.disconnect(principal, waiter)
 
     async def _ack_for_poll(self, principal: Principal, after: int) -> None:
         if after <= 0:
@@ -225,10 +338,28 @@ class MessagingService:
 
     # -- connections ----------------------------------------------------------------------------------
 
-    async def connect(self, principal: Principal, listener: InboxListener) -> None:
+    async def connect(self, principal: Principal, listener: Connection) -> None:
         """A socket of ``principal`` is open on this node and wants notifies."""
         self._check_connection_cap(principal)
+        await self._attach(principal, listener)
+
+    async def _attach(self, principal: Principal, listener: Connection) -> None:
+        """Register for notifies and presence; under the `single` policy, kick older connections."""
         self.hub.add(principal.user, listener)
+        connected_at = await self.presence.connected(principal.user, listener)
+        if self.login_policy == "single":
+            self.kick_local(principal.user, connected_at, keep=listener)
+            if self.remote_kick is not None:
+                await self.remote_kick(principal.user, connected_at)
+
+    def kick_local(self, user: str, before: float, *, keep: Connection | None = None) -> None:
+        """Kick ``user``'s connections on this node opened before ``before`` (wall-clock seconds)."""
+        for conn in self.presence.table.older_than(user, before, keep=keep):
+            log.info("kicking an older connection of %s (login policy single)", user)
+            try:
+                conn.kick(KICK_REASON)
+            except Exception:
+                log.exception("kicking a connection of %s failed", user)
 
     def _check_connection_cap(self, principal: Principal) -> None:
         cap = self.limits.max_connections_per_user
@@ -236,9 +367,21 @@ class MessagingService:
             raise RateLimited(f"user has {cap} connections open on this node already", retry_after_secs=5,
                               code="too_many_connections")
 
-    def disconnect(self, principal: Principal, listener: InboxListener) -> None:
-        """The socket closed; it is forgotten at once (called from synchronous close callbacks)."""
+    def disconnect(self, principal: Principal, listener: Connection) -> None:
+        """The socket closed; it is forgotten at once (called from synchronous close callbacks).
+
+        Presence is updated by its own writer task (Redis in a cluster), never awaited here.
+        """
         self.hub.remove(principal.user, listener)
+        self.presence.disconnected(principal.user, listener)
+
+    # -- presence -------------------------------------------------------------------------------------
+
+    async def presence_of(self, user: str) -> PresenceInfo:
+        return await self.presence.lookup(user)
+
+    async def online_users(self, *, after: str, limit: int) -> OnlinePage:
+        return await self.presence.online(after=after, limit=limit)
 
     # -- operations -----------------------------------------------------------------------------------
 
@@ -249,6 +392,13 @@ class MessagingService:
             checks["store"] = "ok"
         except Exception as exc:
             checks["store"] = f"unavailable: {exc}"
+        # A bus with an external broker (Redis) reports its reachability as "ok" or "unavailable: ...".
+        bus_health = getattr(self.bus, "health", None)
+        if bus_health is not None:
+            try:
+                checks["bus"] = await bus_health()
+            except Exception as exc:
+                checks["bus"] = f"unavailable: {exc}"
         return checks
 
 

@@ -63,6 +63,7 @@ class Node:
 
     async def stop(self) -> None:
         self.server.stop()
+        await self.runtime.service.quiesce(5)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.server.close_all_connections(), 5)
         self.http.close()

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pymongo import MongoClient
 
-from handlers.app import make_app
+from handlers.app import build_routes
 from im.embedded import free_port
 from tests.conftest import TEST_JWT_SECRET
 from tests.reliability_report import record
@@ -144,6 +144,7 @@ VALID_REPLIES = {"pong", "sent", "msgs", "acked", "auth", "read", "receipts", "e
 
 def test_fuzz_websocket_frames(fuzz_server: dict[str, Any]) -> None:
     loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)  # the client connection closes through the current loop
     url = f"ws://127.0.0.1:{fuzz_server['port']}/ws"
 
     async def connect() -> tornado.websocket.WebSocketClientConnection:
@@ -184,6 +185,8 @@ def test_fuzz_websocket_frames(fuzz_server: dict[str, Any]) -> None:
         assert loop.run_until_complete(exchange(json.dumps({"t": "ping"})))["t"] == "pong"  # still healthy
     finally:
         conn.close()
+        loop.run_until_complete(asyncio.sleep(0.05))
+        asyncio.set_event_loop(None)
         loop.close()
     after = _counts(fuzz_server["db"])
     assert after["messages"] - before["messages"] == stats["sent"]
@@ -199,10 +202,9 @@ def _endpoints() -> list[str]:
     """Every API route of the app, with path parameters filled by a placeholder."""
     from config import load_settings
 
-    app = make_app(None, load_settings(environ={}))  # type: ignore[arg-type]
     paths = []
-    for rule in app.wildcard_router.rules:
-        pattern = rule.matcher.regex.pattern.rstrip("$")
+    for route in build_routes(None, load_settings(environ={})):  # type: ignore[arg-type]
+        pattern = route[0].rstrip("$")
         if (pattern.startswith("/api/") and ".*" not in pattern) or pattern in ("/healthz",):
             paths.append(re.sub(r"\([^)]*\)", "FUZZID", pattern).replace("\\", ""))
     return sorted(set(paths))

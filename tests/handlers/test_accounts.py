@@ -57,7 +57,7 @@ def _token(secret: str = TEST_JWT_SECRET, kid: str | None = None, algorithm: str
            **claims: object) -> str:
     """A token as the server would sign it (kid header, all claims), with some part changed."""
     now = int(time.time())
-    base = {"sub": "alice", "dev": "d", "ver": 0, "iss": "im-server", "iat": now, "nbf": now, "exp": now + 60}
+    base = {"sub": "alice", "dev": "d", "ver": 0, "iss": "im-server", "iat": now, "nbf": now, "exp": now + 86400}
     base.update(claims)
     return jwt.encode({k: v for k, v in base.items() if v is not None}, secret, algorithm=algorithm,
                       headers={"kid": kid or key_id(TEST_JWT_SECRET)})

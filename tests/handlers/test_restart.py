@@ -30,3 +30,27 @@ async def test_new_app_same_database_keeps_every_sent_message(settings: Settings
         assert (await second.send(alice, "bob", "after restart")).body["seq"] == 11
     finally:
         await second.stop()
+
+
+async def test_shutdown_closes_sockets_with_going_away_and_answers_long_polls(settings: Settings) -> None:
+    import asyncio
+
+    node = await Node.start(settings)
+    stopped = False
+    try:
+        bob = await node.user("bob")
+        async with node.ws(bob) as ws:
+            poll = asyncio.ensure_future(node.poll(bob, timeout=30))
+            for _ in range(100):
+                if node.service.hub.listener_count("bob") == 2:
+                    break
+                await asyncio.sleep(0.02)
+            await node.stop()
+            stopped = True
+            await asyncio.wait_for(ws.closed.wait(), 10)
+            assert ws.conn.close_code == 1001
+            response = await asyncio.wait_for(poll, 10)
+            assert response.status == 200 and response.body["messages"] == []
+    finally:
+        if not stopped:
+            await node.stop()

@@ -1,0 +1,48 @@
+"""Fixtures: a real redis-server per test and a factory of real node processes (``server.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from im.embedded import EmbeddedMongo, free_port
+from tests.cluster.procs import NodeProcess, RedisServer, node_env
+
+StartNodes = Callable[..., list[NodeProcess]]
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(free_port(), tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def start_nodes(mongo: EmbeddedMongo, db_name: str, redis_server: RedisServer, tmp_path: Path,
+                ) -> Iterator[StartNodes]:
+    """``start_nodes(n, **settings)`` starts n nodes (node1..) on one database and Redis."""
+    started: list[NodeProcess] = []
+
+    def start(count: int, **settings: Any) -> list[NodeProcess]:
+        nodes = []
+        for _ in range(count):
+            node_id = f"node{len(started) + 1}"
+            env = node_env(mongo_url=mongo.url, db_name=db_name, redis_url=redis_server.url,
+                           data_dir=tmp_path / node_id, **settings)
+            node = NodeProcess(node_id, free_port(), env, tmp_path / "logs")
+            started.append(node)
+            nodes.append(node.start())
+        return nodes
+
+    try:
+        yield start
+    finally:
+        for node in reversed(started):
+            node.stop()
+            node.client.http.close()

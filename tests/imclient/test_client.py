@@ -1,0 +1,233 @@
+"""The SDK against a real node: delivery in order and once, transport fallback, reconnects, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from config import Settings
+from im.embedded import free_port
+from imclient import ApiError, Client, SendFailed
+from tests.helpers import PASSWORD, Node
+from tests.imclient.support import Inbox, ReplyDroppingProxy
+
+
+@contextlib.asynccontextmanager
+async def client(urls: Any, user: str, inbox: Inbox | None = None, **options: Any) -> AsyncIterator[Client]:
+    sdk = Client(urls, user, PASSWORD, on_message=inbox, on_gap=inbox.on_gap if inbox else None,
+                 register=True, **options)
+    await sdk.start(timeout_secs=20)
+    try:
+        yield sdk
+    finally:
+        await sdk.close()
+
+
+async def stop_node(node: Node) -> None:
+    """Stop ``node`` as a dying process would: its WebSockets close too.
+
+    ``Node.stop()`` alone closes HTTP connections but not WebSockets (Tornado detaches them from the
+    HTTP server), so the sockets would stay open to a runtime whose store is closed.
+    """
+    hub = node.service.hub
+    for user in hub.local_users():
+        for listener in list(hub._listeners.get(user, ())):
+            close = getattr(listener, "close", None)
+            if close is not None:
+                close(1001, "going away")
+    await node.stop()
+
+
+def assert_in_seq_order_once(inbox: Inbox) -> None:
+    seqs = [m["seq"] for m in inbox.messages]
+    assert seqs == sorted(set(seqs)), seqs
+
+
+@pytest.mark.parametrize("transport", ["ws", "longpoll"])
+async def test_messages_arrive_in_order_and_once(node: Node, transport: str) -> None:
+    got = Inbox()
+    async with client(node.base_url, "bob", got, transport=transport) as bob, \
+            client(node.base_url, "alice", transport=transport) as alice:
+        assert bob.connected_via == transport
+        sent = [f"m{i}" for i in range(25)]
+        # Concurrent sends: order is the order the server stored them, which the receipts tell.
+        receipts = await asyncio.gather(*(alice.send("bob", body) for body in sent))
+        by_seq = [r["client_msg_id"] for r in sorted(receipts, key=lambda r: r["seq"])]
+        await got.wait_for(25, sender="alice")
+        await asyncio.sleep(0.3)  # anything extra (a duplicate) would show up now
+        assert [m["client_msg_id"] for m in got.messages] == by_seq
+        assert sorted(got.bodies()) == sorted(sent)
+        assert_in_seq_order_once(got)
+        assert bob.last_seq == max(r["seq"] for r in receipts)
+
+
+async def test_own_messages_come_back_through_the_senders_inbox(node: Node) -> None:
+    mine = Inbox()
+    async with client(node.base_url, "bob"), client(node.base_url, "alice", mine) as alice:
+        receipt = await alice.send("bob", "hello")
+        await mine.wait_for(1)
+        assert mine.messages[0]["seq"] == receipt["sender_seq"]
+
+
+async def test_falls_back_to_long_poll_when_the_websocket_port_is_closed(node: Node) -> None:
+    got = Inbox()
+    dead_ws = f"ws://127.0.0.1:{free_port()}/ws"
+    async with client(node.base_url, "bob", got, ws_url=dead_ws) as bob, \
+            client(node.base_url, "alice") as alice:
+        assert bob.connected_via == "longpoll"
+        assert alice.connected_via == "ws"
+        for i in range(5):
+            await alice.send("bob", f"m{i}")
+        assert await got.wait_for(5) == [f"m{i}" for i in range(5)]
+
+
+async def test_falls_back_to_long_poll_when_the_upgrade_is_refused(node: Node) -> None:
+    """A proxy that answers the upgrade with a plain HTTP error (here the API's JSON 404)."""
+    got = Inbox()
+    refusing = node.ws_url.replace("/ws", "/api/v1/no-websocket-here")
+    async with client(node.base_url, "bob", got, ws_url=refusing) as bob, \
+            client(node.base_url, "alice", transport="longpoll") as alice:
+        assert bob.connected_via == "longpoll"
+        await alice.send("bob", "through the poll")
+        assert await got.wait_for(1) == ["through the poll"]
+
+
+async def test_ws_only_client_does_not_fall_back(node: Node) -> None:
+    sdk = Client(node.base_url, "bob", PASSWORD, register=True, transport="ws",
+                 ws_url=f"ws://127.0.0.1:{free_port()}/ws")
+    with pytest.raises(Exception, match="no node reachable"):
+        await sdk.start(timeout_secs=2)
+
+
+async def test_reconnects_after_the_server_restarts(settings: Settings) -> None:
+    first = await Node.start(settings)
+    got = Inbox()
+    second: Node | None = None
+    try:
+        async with client(first.base_url, "bob", got) as bob, client(first.base_url, "alice") as alice:
+            await alice.send("bob", "before")
+            await got.wait_for(1)
+            await stop_node(first)
+            # A send while the node is down is retried (same client_msg_id) until it is back.
+            pending = asyncio.create_task(alice.send("bob", "during", deadline_secs=60))
+            await asyncio.sleep(1.0)
+            assert not pending.done()
+            second = await Node.start(settings)
+            receipt = await asyncio.wait_for(pending, 30)
+            assert receipt["duplicate"] is False
+            await alice.send("bob", "after")
+            assert await got.wait_for(3) == ["before", "during", "after"]
+            assert bob.reconnects >= 1
+            await asyncio.wait_for(bob.connected.wait(), 20)
+            assert_in_seq_order_once(got)
+    finally:
+        if second is not None:
+            await second.stop()
+        else:
+            with contextlib.suppress(Exception):
+                await first.stop()
+
+
+async def test_rotates_to_a_live_node(node: Node) -> None:
+    got = Inbox()
+    dead = f"http://127.0.0.1:{free_port()}"
+    async with client([dead, node.base_url], "bob", got) as bob, client([node.base_url, dead], "alice") as alice:
+        assert bob.base_url == node.base_url
+        await alice.send("bob", "found you")
+        assert await got.wait_for(1) == ["found you"]
+
+
+async def test_retry_with_the_same_client_msg_id_is_stored_once(node: Node) -> None:
+    got = Inbox()
+    async with client(node.base_url, "bob", got), client(node.base_url, "alice") as alice:
+        first = await alice.send("bob", "once", client_msg_id="fixed-id")
+        again = await alice.send("bob", "once", client_msg_id="fixed-id")
+        assert (first["duplicate"], again["duplicate"]) == (False, True)
+        assert again["msg_id"] == first["msg_id"]
+        await alice.send("bob", "next")
+        assert await got.wait_for(2) == ["once", "next"]
+
+
+async def test_lost_receipt_is_retried_and_stored_once(node: Node) -> None:
+    """The server stores the message but the answer never reaches the client: the SDK retries with the
+    same client_msg_id and gets the original receipt back; the recipient sees one message."""
+    proxy = await ReplyDroppingProxy(node.port).start()
+    got = Inbox()
+    try:
+        async with client(node.base_url, "bob", got), \
+                client(proxy.url, "alice", transport="longpoll") as alice:
+            proxy.drop = 1
+            receipt = await alice.send("bob", "exactly once")
+            assert proxy.dropped == 1
+            assert receipt["duplicate"] is True  # the first attempt had stored it
+            await alice.send("bob", "then this")
+            assert await got.wait_for(2) == ["exactly once", "then this"]
+            await asyncio.sleep(0.3)
+            assert got.bodies() == ["exactly once", "then this"]
+    finally:
+        await proxy.close()
+
+
+async def test_unknown_recipient_is_not_retried(node: Node) -> None:
+    async with client(node.base_url, "alice") as alice:
+        with pytest.raises(ApiError) as info:
+            await alice.send("nobody", "hi")
+        assert info.value.code == "unknown_recipient"
+
+
+async def test_send_gives_up_at_its_deadline(node: Node) -> None:
+    async with client(node.base_url, "alice", transport="longpoll") as alice:
+        alice.urls = [f"http://127.0.0.1:{free_port()}"]
+        alice._node = 0
+        with pytest.raises(SendFailed) as info:
+            await alice.send("alice", "nowhere", client_msg_id="k1", deadline_secs=1.5)
+        assert info.value.client_msg_id == "k1"
+
+
+async def test_wrong_password_is_refused_at_start(node: Node) -> None:
+    await node.register("carol")
+    sdk = Client(node.base_url, "carol", "wrong password!")
+    with pytest.raises(ApiError) as info:
+        await sdk.start()
+    assert info.value.code == "bad_credentials"
+    await sdk.close()
+
+
+async def test_trimmed_cursor_reports_a_gap_and_resumes(node: Node) -> None:
+    """A device that comes back with a cursor below the trimmed floor hears about the gap."""
+    alice_token = await node.user("alice")
+    bob_token = await node.user("bob")
+    for i in range(6):
+        await node.send(alice_token, "bob", f"m{i}")
+    await node.ack(bob_token, 4)  # bob's only device holds 1..4: they are trimmed
+    got = Inbox()
+    sdk = Client(node.base_url, "bob", PASSWORD, on_message=got, on_gap=got.on_gap, after=1)
+    await sdk.start()
+    try:
+        assert await got.wait_for(2) == ["m4", "m5"]
+        assert len(got.gaps) == 1 and got.gaps[0]["gap"] is True
+        assert sdk.last_seq == 6
+    finally:
+        await sdk.close()
+
+
+async def test_starts_with_a_given_token_and_logs_in_again_when_it_is_revoked(node: Node) -> None:
+    token = await node.user("bob")
+    got = Inbox()
+    sdk = Client(node.base_url, "bob", PASSWORD, on_message=got, token=token, transport="longpoll")
+    await sdk.start()
+    try:
+        assert sdk.token == token
+        await node.request("DELETE", "/api/v1/tokens", token=token)  # revoke every token of bob
+        alice = await node.user("alice")
+        await node.send(alice, "bob", "after logout")
+        await got.wait_for(1)  # (the poll that was waiting had been authorised before the logout)
+        await node.send(alice, "bob", "with a new token")
+        assert await got.wait_for(2) == ["after logout", "with a new token"]
+        assert sdk.token != token
+    finally:
+        await sdk.close()

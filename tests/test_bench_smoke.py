@@ -1,0 +1,57 @@
+"""The benchmark harness runs end to end at its smallest sizes and writes its report.
+
+Behaviour only: the report and plots exist and have their tables. No figure is asserted (speed is the
+benchmark's business, on a quiet machine, never a test's).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+pytest.importorskip("tqdm", reason="the bench extra is not installed")
+pytest.importorskip("matplotlib", reason="the bench extra is not installed")
+pytest.importorskip("socketio", reason="the bench extra is not installed")
+
+
+@pytest.mark.timeout(420)
+def test_quick_run_writes_the_report_with_every_table(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--no-progress", "--out", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = (out / "REPORT.md").read_text()
+    for heading in (
+        "## Summary against the targets",
+        "## Baseline 1: the store's raw limit",
+        "## 1:1 chat at increasing rates",
+        "### ours (durable)",
+        "### bare Tornado",
+        "### python-socketio",
+        "### Ours as ratios to the baselines",
+        "## A group",
+        "## Idle connections on one server process",
+        "## Reconnect storm",
+        "## Where the server's time goes",
+    ):
+        assert heading in report, heading
+    assert "## Parts that failed" not in report, report
+    assert "| SecantusDB |" in report
+    for plot in ("chat.png", "timeline.png"):
+        assert (out / plot).read_bytes().startswith(b"\x89PNG"), plot
+    # Every message offered in the smoke run was delivered: no step lost one.
+    chat_rows = [line for line in report.splitlines() if line.startswith("| ") and line.count("|") == 12]
+    assert chat_rows, "no chat rows"

@@ -1,0 +1,93 @@
+"""A person using the web client in one browser context, as the tests drive it.
+
+Everything goes through the page as a user would (labels and roles, typing, pressing Enter); the
+helper also records what the page did on the wire (WebSocket opened? long-polls made?) and every
+console error or uncaught exception, so tests can assert the transport and a clean console.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from playwright.async_api import BrowserContext, Page, expect
+
+UI_TIMEOUT_MS = 20_000
+
+
+@dataclass
+class WebUser:
+    context: BrowserContext
+    page: Page
+    name: str
+    console_errors: list[str] = field(default_factory=list)
+    websockets: list[str] = field(default_factory=list)
+    polls: int = 0
+    sends: int = 0
+
+    @classmethod
+    async def open(cls, browser: Any, base_url: str, name: str, *, transport: str | None = None,
+                   viewport: dict[str, int] | None = None) -> WebUser:
+        context = await browser.new_context(viewport=viewport or {"width": 1100, "height": 720})
+        page = await context.new_page()
+        user = cls(context, page, name)
+        page.on("console", lambda msg: user.console_errors.append(msg.text) if msg.type == "error" else None)
+        page.on("pageerror", lambda exc: user.console_errors.append(f"uncaught: {exc}"))
+        page.on("websocket", lambda ws: user.websockets.append(ws.url))
+        page.on("request", user._count_request)
+        query = f"?transport={transport}" if transport else ""
+        await page.goto(f"{base_url}/{query}")
+        return user
+
+    def _count_request(self, request: Any) -> None:
+        if "/api/v1/poll" in request.url:
+            self.polls += 1
+        if request.url.endswith("/api/v1/messages") and request.method == "POST":
+            self.sends += 1
+
+    async def sign_in(self, password: str, *, register: bool = False) -> None:
+        page = self.page
+        if register:
+            await page.get_by_role("tab", name="Create account").click()
+        await page.get_by_label("Username", exact=True).fill(self.name)
+        await page.get_by_label("Password", exact=True).fill(password)
+        await page.locator("#auth-submit").click()
+        await expect(page.locator("#me-name")).to_have_text(self.name, timeout=UI_TIMEOUT_MS)
+        await expect(page.get_by_role("status").first).to_have_attribute("data-state", "live",
+                                                                          timeout=UI_TIMEOUT_MS)
+
+    async def transport(self) -> str:
+        return await self.page.locator("#connection-status").get_attribute("data-transport") or ""
+
+    async def start_chat(self, peer: str) -> None:
+        await self.page.get_by_label("Start a chat with username").fill(peer)
+        await self.page.get_by_label("Start a chat with username").press("Enter")
+        await expect(self.page.locator("#chat-title")).to_have_text(peer, timeout=UI_TIMEOUT_MS)
+
+    def conversation(self, title: str):
+        """The entry of a conversation in the sidebar list (its accessible name carries the unread count)."""
+        return self.page.get_by_role("list", name="Conversation list").get_by_role(
+            "button", name=re.compile(rf"^(Chat with|Group) {re.escape(title)}(,|$)"))
+
+    async def open_chat(self, title: str) -> None:
+        await self.conversation(title).click()
+        await expect(self.page.locator("#chat-title")).to_have_text(title, timeout=UI_TIMEOUT_MS)
+
+    async def say(self, text: str) -> None:
+        box = self.page.get_by_label("Message", exact=True)
+        await box.fill(text)
+        await box.press("Enter")
+
+    def bubbles(self):
+        return self.page.locator("#message-list li.msg .text")
+
+    async def expect_messages(self, texts: list[str]) -> None:
+        """The open conversation shows exactly these texts, in this order, each once."""
+        await expect(self.bubbles()).to_have_text(texts, timeout=UI_TIMEOUT_MS)
+
+    async def unread_badge(self, title: str) -> str:
+        return (await self.conversation(title).locator(".badge").inner_text()).strip()
+
+    async def close(self) -> None:
+        await self.context.close()
