@@ -11,13 +11,14 @@ import json
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from im.childproc import port_open
 
 __all__ = [
     "Proc",
@@ -73,14 +74,6 @@ def cpu_secs(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def wait_for_port(
     port: int,
     proc: subprocess.Popen[bytes] | None = None,
@@ -89,7 +82,7 @@ def wait_for_port(
     timeout_secs: float = START_TIMEOUT_SECS,
 ) -> None:
     deadline = time.monotonic() + timeout_secs
-    while not _port_open(host, port):
+    while not port_open(host, port):
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process {proc.args!r} exited with code {proc.returncode} before listening")
         if time.monotonic() > deadline:

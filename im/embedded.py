@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from im.childproc import port_open, stop_process
 
 __all__ = ["EmbeddedMongo", "free_port"]
 
@@ -30,14 +31,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
-
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 class EmbeddedMongo:
@@ -83,7 +76,7 @@ class EmbeddedMongo:
                 start_new_session=True,
             )
         deadline = time.monotonic() + START_TIMEOUT_SECS
-        while not _port_open(self.host, self.port):
+        while not port_open(self.host, self.port):
             if self._process.poll() is not None:
                 raise RuntimeError(
                     f"SecantusDB exited with code {self._process.returncode} at start; see {self.log_path}"
@@ -97,15 +90,7 @@ class EmbeddedMongo:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(STOP_TIMEOUT_SECS)
-        except subprocess.TimeoutExpired:
-            log.warning("SecantusDB did not stop within %.0f s; killing it", STOP_TIMEOUT_SECS)
-            process.kill()
-            process.wait()
+        stop_process(process, timeout_secs=STOP_TIMEOUT_SECS, name="SecantusDB")
 
     def kill(self) -> None:
         """SIGKILL, as a crash would (fault tests)."""

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +17,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from im import childproc
+from im.childproc import stop_process
 from tests.conftest import TEST_JWT_SECRET
 from tests.helpers import Node
 
@@ -33,11 +33,7 @@ UNLIMITED_ENV = {
 
 
 def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+    return childproc.port_open("127.0.0.1", port)
 
 
 def wait_for(predicate: Any, what: str, timeout: float = START_TIMEOUT_SECS, interval: float = 0.1) -> None:
@@ -75,14 +71,7 @@ class RedisServer:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(STOP_TIMEOUT_SECS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout_secs=STOP_TIMEOUT_SECS, name=type(self).__name__)
 
 
 class NodeProcess:
@@ -123,14 +112,7 @@ class NodeProcess:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(STOP_TIMEOUT_SECS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout_secs=STOP_TIMEOUT_SECS, name=type(self).__name__)
 
     def kill(self) -> None:
         """SIGKILL, as a crash: the node cannot deregister, its presence must expire by TTL."""
