@@ -272,7 +272,8 @@ class MessagingService:
                 continue
             metrics.messages_stored.inc()
             metrics.inbox_entries_written.inc(len(receipt.seqs))
-            if webhooks is not None:
+            # Webhooks are CIM's message callback: user messages, not the server's own receipt entries.
+            if webhooks is not None and draft.kind != "receipt":
                 webhooks.enqueue(message_event(
                     msg_id=receipt.msg_id, sender=draft.sender, to=draft.to, conv=receipt.conv,
                     kind=draft.kind, body=draft.body, client_msg_id=receipt.client_msg_id, ts=receipt.ts,

@@ -150,3 +150,14 @@ def test_webhook_urls_need_a_secret_and_http(tmp_path: Path) -> None:
         make_settings("mongodb://x", "db", tmp_path, webhook_urls="http://127.0.0.1:1/h")
     with pytest.raises(SettingsError, match="not an http"):
         make_settings("mongodb://x", "db", tmp_path, webhook_urls="ftp://127.0.0.1/h", webhook_secret="s")
+
+
+async def test_receipt_entries_are_not_posted(hooked_node: Node, receiver: Receiver) -> None:
+    alice, bob = await hooked_node.user("alice"), await hooked_node.user("bob")
+    sent = (await hooked_node.send(alice, "bob", "deliver me")).body
+    await receiver.wait_accepted(1)
+    assert (await hooked_node.ack(bob, sent["seq"])).status == 200  # writes a delivered receipt to alice
+    page = (await hooked_node.pull(alice, after=sent["sender_seq"])).body
+    assert [m["kind"] for m in page["messages"]] == ["receipt"]  # the receipt exists...
+    await asyncio.sleep(0.5)
+    assert [e["kind"] for e in receiver.accepted] == ["text"]  # ...but only the message was posted
