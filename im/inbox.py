@@ -206,42 +206,63 @@ class InboxStore:
 
     # -- read -----------------------------------------------------------------------------------------
 
-    async def head(self, user: str) -> tuple[int, int, str]:
-        """``(head seq, trimmed floor, epoch)`` of ``user``'s inbox."""
+    async def _head_and_epoch(self, user: str) -> tuple[int, str]:
         async with store_errors("reading an inbox head"):
             doc = await self._store.counters.find_one({"_id": user})
         if doc is None:
             # A user created before counters existed; an upsert gives it an epoch that then stays.
             async with store_errors("creating an inbox"):
                 await self._store.counters.update_one(
-                    {"_id": user}, {"$setOnInsert": {"seq": 0, "trimmed": 0, "epoch": new_epoch()}},
-                    upsert=True,
+                    {"_id": user}, {"$setOnInsert": {"seq": 0, "epoch": new_epoch()}}, upsert=True,
                 )
                 doc = await self._store.counters.find_one({"_id": user})
         assert doc is not None
-        return doc["seq"], doc.get("trimmed", 0), doc["epoch"]
+        return doc["seq"], doc["epoch"]
+
+    async def _trimmed(self, user: str) -> int:
+        """The inbox floor: every entry <= it was deleted. Kept apart from the counter on purpose: the
+        counter is written only by send transactions, so acks never conflict with them (a floor kept in
+        the counter made every ack collide with the group-commit transaction under load)."""
+        async with store_errors("reading an inbox floor"):
+            doc = await self._store.trims.find_one({"_id": user})
+        return 0 if doc is None else doc["trimmed"]
+
+    async def head(self, user: str) -> tuple[int, int, str]:
+        """``(head seq, trimmed floor, epoch)`` of ``user``'s inbox."""
+        head, epoch = await self._head_and_epoch(user)
+        return head, await self._trimmed(user), epoch
 
     async def pull(self, user: str, *, after: int, limit: int) -> PullResult:
         """Up to ``limit`` entries with seq > ``after``, in seq order.
 
-        The range is bounded on both sides by the counter (SecantusDB reads every match before limiting),
-        and because writes are transactional the range has no holes.
+        The range is bounded on both sides by the counter (SecantusDB reads every match before limiting).
+        Writes are transactional, so an inbox has no holes: a range that does not start at ``after + 1``
+        was trimmed, and only then is the floor read (the common pull costs two reads).
         """
-        head, trimmed, epoch = await self.head(user)
-        gap = after < trimmed or after > head
-        start = trimmed if gap else after
+        head, epoch = await self._head_and_epoch(user)
+        gap = after > head
+        start = await self._trimmed(user) if gap else after
+        docs = await self._range(user, start, min(start + limit, head))
+        if start < head and (not docs or docs[0]["seq"] != start + 1):
+            gap = True  # entries after `start` were trimmed before this device got them
+            start = max(start, await self._trimmed(user))
+            docs = await self._range(user, start, min(start + limit, head))
         end = min(start + limit, head)
         if end <= start:
             return PullResult(messages=[], next=start, head=head, epoch=epoch, gap=gap, more=False)
-        async with store_errors("pulling an inbox"):
-            docs = await self._store.inbox.find(
-                {"user": user, "seq": {"$gt": start, "$lte": end}}
-            ).sort("seq", ASCENDING).to_list(end - start)
         messages = [_entry_to_message(d) for d in docs]
         if self.cipher is not None:
             for message in messages:
                 message["body"] = await self.cipher.open(message["conv"], message["body"])
         return PullResult(messages=messages, next=end, head=head, epoch=epoch, gap=gap, more=end < head)
+
+    async def _range(self, user: str, start: int, end: int) -> list[dict[str, Any]]:
+        if end <= start:
+            return []
+        async with store_errors("pulling an inbox"):
+            return await self._store.inbox.find(
+                {"user": user, "seq": {"$gt": start, "$lte": end}}
+            ).sort("seq", ASCENDING).to_list(end - start)
 
     # -- acknowledge and trim -------------------------------------------------------------------------
 
@@ -272,7 +293,7 @@ class InboxStore:
             async with store_errors("trimming an inbox"):
                 # Raise the floor first: a crash between the two steps then errs towards reporting a gap,
                 # never towards silently missing entries.
-                await store.counters.update_one({"_id": user}, {"$max": {"trimmed": floor}})
+                await store.trims.update_one({"_id": user}, {"$max": {"trimmed": floor}}, upsert=True)
                 await store.inbox.delete_many({"user": user, "seq": {"$gt": trimmed, "$lte": floor}})
             trimmed = floor
         return AckResult(cursor=own, trimmed=trimmed)
@@ -342,7 +363,7 @@ async def _claim_seqs(store: Store, per_inbox: Mapping[str, int],
         missing = [user for user in users if user not in heads]
         await store.counters.bulk_write(
             [UpdateOne({"_id": user},
-                       {"$setOnInsert": {"seq": per_inbox[user], "trimmed": 0, "epoch": new_epoch()}},
+                       {"$setOnInsert": {"seq": per_inbox[user], "epoch": new_epoch()}},
                        upsert=True) for user in missing],
             ordered=False, session=session,
         )

@@ -111,6 +111,8 @@ class Store:
         self.inbox = self.db["inbox"]
         self.messages = self.db["messages"]
         self.cursors = self.db["cursors"]
+        # Inbox floors (trimmed seq per user), apart from the counters: see InboxStore._trimmed.
+        self.trims = self.db["trims"]
         self._known_users: OrderedDict[str, None] = OrderedDict()
 
     async def ensure_indexes(self) -> None:
@@ -146,7 +148,7 @@ class Store:
             # The counter carries the inbox epoch; upsert so a half-finished earlier attempt is completed.
             await self.counters.update_one(
                 {"_id": user},
-                {"$setOnInsert": {"seq": 0, "trimmed": 0, "epoch": new_epoch()}},
+                {"$setOnInsert": {"seq": 0, "epoch": new_epoch()}},
                 upsert=True,
             )
         self._remember(user)
