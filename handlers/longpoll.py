@@ -28,6 +28,11 @@ class PollHandler(ApiHandler):
                                   max_limit=self.settings_.pull_max_limit)
         timeout = read_int(query, "timeout", default=int(self.settings_.long_poll_default_secs),
                            maximum=int(self.settings_.long_poll_max_secs))
+        if self._client_gone or self._stream_closed():
+            # Gone before the wait began (while prepare() checked the token, or even before the
+            # request was handed over: tornado then never calls on_connection_close). Starting a wait
+            # now would hold a waiter and a connection slot for the whole timeout.
+            return
         self._wait = asyncio.ensure_future(
             self.service.poll(principal, after=after, limit=limit, timeout_secs=timeout)
         )
@@ -40,6 +45,10 @@ class PollHandler(ApiHandler):
         finally:
             self._wait = None
         self.reply(result.to_dict())
+
+    def _stream_closed(self) -> bool:
+        stream = getattr(self.request.connection, "stream", None)
+        return stream is not None and stream.closed()
 
     def on_connection_close(self) -> None:
         self._client_gone = True

@@ -131,11 +131,18 @@ class Conversations:
         return await (self.group_target(sender, group) if group else self.direct_target(sender, to))
 
     async def attachment(self, sender: str, conv: str, file_id: str) -> dict[str, Any]:
-        """The body of a ``file`` message: the file must be the sender's, uploaded for this conversation."""
-        info = await self.files.info(file_id)
-        if info.owner != sender or info.conv != conv:
-            raise NotFoundError(f"no file {file_id!r} of yours in this conversation", code="unknown_file",
+        """The body of a ``file`` message: the file must be the sender's, uploaded for this conversation.
+
+        A missing file gets the same error as another's, so senders cannot probe which file ids exist.
+        """
+        refused = NotFoundError(f"no file {file_id!r} of yours in this conversation", code="unknown_file",
                                 field="body")
+        try:
+            info = await self.files.info(file_id)
+        except NotFoundError:
+            raise refused from None
+        if info.owner != sender or info.conv != conv:
+            raise refused
         return info.attachment()
 
     async def download(self, user: str, file_id: str) -> tuple[FileInfo, AsyncIterator[bytes]]:

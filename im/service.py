@@ -309,6 +309,8 @@ class MessagingService:
             result = await self.pull(principal, after=after, limit=limit)
             if result.messages or result.gap:
                 return result
+            if _cancel_swallowed():
+                raise asyncio.CancelledError  # the client is gone: do not hold a waiter for the timeout
             try:
                 await asyncio.wait_for(waiter.event.wait(), timeout_secs)
             except TimeoutError:
@@ -401,6 +403,18 @@ class MessagingService:
             except Exception as exc:
                 checks["bus"] = f"unavailable: {exc}"
         return checks
+
+
+def _cancel_swallowed() -> bool:
+    """True when the running task was asked to stop but an await swallowed the ``CancelledError``.
+
+    On Python 3.11 ``asyncio.wait_for`` returns the inner result when that finished just as the cancel
+    arrived (CPython gh-86296, fixed in 3.12), and the MongoDB driver writes to its sockets through
+    it: a long-poll cancelled by a dropped connection during its pull then went on to wait its whole
+    timeout. ``Task.cancelling()`` still counts the request, so the caller can honour it.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _check_password(password: str) -> None:
