@@ -69,6 +69,7 @@ async def test_kill_9_a_node_while_messages_flow(start_nodes: StartNodes) -> Non
 
     assert killed_after, "the node was never killed: the test did not test anything"
     assert ledger.acknowledged == MESSAGES - ledger.unconfirmed
+    assert ledger.unconfirmed <= MESSAGES // 100, ledger  # the sender was told; rare even under overload
     name = f"node killed (-9) mid-stream: {USERS} SDK users x {LANES} send lanes, {NODES} nodes, WebSocket + long-poll"
     record("faults", name, {
         "acknowledged": ledger.acknowledged, "lost": ledger.lost, "duplicated": ledger.duplicated,

@@ -88,4 +88,5 @@ async def test_redis_killed_and_restarted_mid_stream(start_nodes: StartNodes, re
         "msg/s": round(ledger.acknowledged / send_secs),
     })
     assert ledger.acknowledged == MESSAGES - ledger.unconfirmed
+    assert ledger.unconfirmed <= MESSAGES // 100, ledger  # the sender was told; rare even under overload
     assert ledger.failures == dict.fromkeys(ledger.failures, 0), ledger
