@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,16 +19,6 @@ from im.models import Draft
 from im.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def store(mongo, db_name: str) -> AsyncIterator[Store]:
-    s = Store(mongo.url, db_name, write_concern="1")
-    await s.ensure_indexes()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def test_master_key_wraps_and_binds_the_conversation() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,16 +13,6 @@ from im.models import Draft, direct_conversation_id
 from im.store import Store
 
 DAY_SECS = 24 * 3600
-
-
-@pytest.fixture
-async def store(mongo, db_name: str) -> AsyncIterator[Store]:
-    s = Store(mongo.url, db_name, write_concern="1")
-    await s.ensure_indexes()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 @pytest.fixture
