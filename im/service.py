@@ -34,7 +34,15 @@ from im.models import AckResult, Draft, PullResult, Receipt
 from im.presence import Connection, LocalPresence, OnlinePage, Presence, PresenceInfo
 from im.protocol import SendRequest
 from im.ratelimit import Limits
-from im.receipts import DELIVERED, READ, Touched, parse_msg_id, receipt_drafts, wants_receipt
+from im.receipts import (
+    DELIVERED,
+    READ,
+    RECEIPT_KIND,
+    Touched,
+    parse_msg_id,
+    receipt_drafts,
+    wants_receipt,
+)
 from im.store import Store
 from im.webhooks import WebhookSender, message_event
 
@@ -273,7 +281,7 @@ class MessagingService:
             metrics.messages_stored.inc()
             metrics.inbox_entries_written.inc(len(receipt.seqs))
             # Webhooks are CIM's message callback: user messages, not the server's own receipt entries.
-            if webhooks is not None and draft.kind != "receipt":
+            if webhooks is not None and draft.kind != RECEIPT_KIND:
                 webhooks.enqueue(message_event(
                     msg_id=receipt.msg_id, sender=draft.sender, to=draft.to, conv=receipt.conv,
                     kind=draft.kind, body=draft.body, client_msg_id=receipt.client_msg_id, ts=receipt.ts,
