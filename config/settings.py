@@ -78,6 +78,8 @@ class Settings:
     )
     max_devices_per_user: int = _setting(20, "devices whose cursors are kept per user")
     commit_max_batch: int = _setting(256, "most messages written in one group-commit transaction")
+    inbox_cache_entries: int = _setting(
+        100_000, "newest inbox entries kept in memory to serve pulls without a store read (0: off)")
 
     # Abuse limits (per node; 0 switches a rate off)
     rate_ip_per_sec: float = _setting(100.0, "sustained HTTP requests / WebSocket connects per address")

@@ -1,9 +1,10 @@
-"""Group commit: concurrent sends share one store transaction.
+"""Natural batching: concurrent requests share one store round trip (group commit for sends, one
+batched write for acknowledgements).
 
-Natural batching, no timer: when no write is in flight a send is written at once (no added latency at
-low load); sends arriving while a write is in flight queue up and go together in the next one. Under
-load, batches grow by themselves to match what the store can absorb, and the per-transaction cost is
-paid once per batch instead of once per message.
+No timer: when no write is in flight a request is written at once (no added latency at low load);
+requests arriving while a write is in flight queue up and go together in the next one. Under load,
+batches grow by themselves to match what the store can absorb, and the per-round-trip cost is paid
+once per batch instead of once per request.
 """
 
 from __future__ import annotations
@@ -12,40 +13,51 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
 
 from im.errors import ImError, StoreUnavailable
 from im.models import Draft, Receipt
 
-__all__ = ["GroupCommitter"]
+__all__ = ["BatchWriter", "GroupCommitter", "NaturalBatcher"]
 
 log = logging.getLogger(__name__)
 
-WriteBatch = Callable[[Sequence[Draft]], Awaitable[list[Receipt]]]
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+# Writes a batch and returns one outcome per item, in order: a result, or the error for that item alone.
+BatchWriter = Callable[[list[Item]], Awaitable[Sequence[Result | ImError]]]
 
 
-class GroupCommitter:
-    """Queues drafts and writes them in batches of at most ``max_batch`` with ``write_batch``."""
+class NaturalBatcher(Generic[Item, Result]):
+    """Queues items and writes them in batches of at most ``max_batch`` with ``write_batch``.
 
-    def __init__(self, write_batch: WriteBatch, *, max_batch: int) -> None:
+    ``what`` names the items in logs; ``failure`` is what a caller hears when a batch fails unexpectedly.
+    """
+
+    def __init__(self, write_batch: BatchWriter[Item, Result], *, max_batch: int, what: str,
+                 failure: str) -> None:
         self._write_batch = write_batch
         self._max_batch = max_batch
-        self._queue: deque[tuple[Draft, asyncio.Future[Receipt]]] = deque()
+        self._what = what
+        self._failure = failure
+        self._queue: deque[tuple[Item, asyncio.Future[Result]]] = deque()
         self._flusher: asyncio.Task[None] | None = None
         self.batches_written = 0
-        self.messages_written = 0
+        self.items_written = 0
 
     @property
     def queued(self) -> int:
         return len(self._queue)
 
-    async def submit(self, draft: Draft) -> Receipt:
-        """Return the draft's receipt once its batch is durable.
+    async def submit(self, item: Item) -> Result:
+        """Return the item's outcome once its batch is written.
 
-        If the caller goes away (cancelled), the write still completes: the message is durable and a
+        If the caller goes away (cancelled), the write still completes: a message is durable and a
         retry with the same client_msg_id gets the original receipt.
         """
-        future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
-        self._queue.append((draft, future))
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_all())
         return await asyncio.shield(future)
@@ -63,23 +75,35 @@ class GroupCommitter:
         finally:
             self._flusher = None
 
-    async def _flush(self, batch: list[tuple[Draft, asyncio.Future[Receipt]]]) -> None:
+    async def _flush(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:
-            receipts = await self._write_batch([draft for draft, _ in batch])
+            outcomes = await self._write_batch([item for item, _ in batch])
         except ImError as exc:
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
         except Exception:
-            log.exception("writing a batch of %d messages failed", len(batch))
-            error = StoreUnavailable("the message could not be stored; retry with the same client_msg_id")
+            log.exception("writing a batch of %d %s failed", len(batch), self._what)
+            error = StoreUnavailable(self._failure)
             for _, future in batch:
                 if not future.done():
                     future.set_exception(error)
             return
         self.batches_written += 1
-        self.messages_written += len(batch)
-        for (_, future), receipt in zip(batch, receipts, strict=True):
-            if not future.done():
-                future.set_result(receipt)
+        self.items_written += len(batch)
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if future.done():
+                continue
+            if isinstance(outcome, ImError):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+
+class GroupCommitter(NaturalBatcher[Draft, Receipt]):
+    """Sends: one store transaction per batch of drafts (see ``im/inbox.py``)."""
+
+    def __init__(self, write_batch: BatchWriter[Draft, Receipt], *, max_batch: int) -> None:
+        super().__init__(write_batch, max_batch=max_batch, what="messages",
+                         failure="the message could not be stored; retry with the same client_msg_id")

@@ -18,6 +18,7 @@ from im.conversations import Conversations
 from im.embedded import EmbeddedMongo
 from im.hub import Hub
 from im.inbox import InboxStore
+from im.inbox_cache import InboxCache
 from im.keys import KEYS_COLLECTION, keyring_from
 from im.metrics import Metrics
 from im.presence import LocalPresence, Presence, RedisKeys, RedisPresence
@@ -89,7 +90,8 @@ class Runtime:
             service = MessagingService(
                 store=store,
                 inbox=InboxStore(store, device_idle_secs=settings.device_idle_secs,
-                                 max_devices_per_user=settings.max_devices_per_user, cipher=keys),
+                                 max_devices_per_user=settings.max_devices_per_user, cipher=keys,
+                                 cache=_inbox_cache(settings, single_writer=bus is None)),
                 tokens=TokenIssuer(secret, ttl_secs=settings.jwt_ttl_secs, issuer=settings.jwt_issuer,
                                    old_secrets=settings.jwt_old_secret_list),
                 hub=hub,
@@ -158,6 +160,14 @@ def _cluster_parts(settings: Settings, hub: Hub) -> tuple[Redis, RedisBus, Redis
 
     bus = RedisBus(redis, node_id=node_id, keys=keys, on_resubscribed=resubscribed)
     return redis, bus, presence
+
+
+def _inbox_cache(settings: Settings, *, single_writer: bool) -> InboxCache | None:
+    """The node's cache of the newest inbox entries. Only a node that is the store's only writer (no
+    cluster bus) may also trust its cached heads; cluster nodes read the head on every pull."""
+    if settings.inbox_cache_entries <= 0:
+        return None
+    return InboxCache(authoritative=single_writer, max_entries=settings.inbox_cache_entries)
 
 
 def _redacted(url: str) -> str:

@@ -1,0 +1,162 @@
+"""The newest entries of each inbox, kept on the node that wrote them, so a pull after a notify is
+served from memory instead of the store.
+
+Why it is sound: an entry is immutable once its transaction committed (seq -> message never changes)
+and an inbox has no holes (see ``im/inbox.py``), so a run of consecutive seqs this node saw committed
+is exactly what the store would return for that range. The cache is filled only *after* the commit
+(write-first still holds: nothing is served that is not durable) and by pages read from the store.
+
+What it cannot know is the head: another node may have written since. So the head is trusted only
+when ``authoritative`` (single-node mode, the only writer, where the cache sees every commit); in a
+cluster the head is read from the store on every pull and only the entries come from here.
+
+Memory is bounded twice: at most ``max_per_user`` newest entries per inbox, and at most ``max_entries``
+in all (least recently used inboxes are dropped first). Entries every device acknowledged are dropped
+when the inbox is trimmed.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from typing import Any
+
+from im.models import PullResult
+
+__all__ = ["InboxCache"]
+
+Message = dict[str, Any]
+
+
+class _Tail:
+    """One inbox: its epoch, the highest seq known committed, and consecutive entries ending near it."""
+
+    __slots__ = ("entries", "epoch", "first", "head")
+
+    def __init__(self, epoch: str, head: int) -> None:
+        self.epoch = epoch
+        self.head = head
+        self.first = head + 1  # seq of entries[0]
+        self.entries: deque[Message] = deque()
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.entries) - 1
+
+
+class InboxCache:
+    def __init__(self, *, authoritative: bool, max_entries: int = 100_000, max_per_user: int = 256) -> None:
+        self.authoritative = authoritative
+        self._max_entries = max_entries
+        self._max_per_user = max_per_user
+        self._tails: OrderedDict[str, _Tail] = OrderedDict()
+        self._entries = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return self._entries
+
+    # -- filling --------------------------------------------------------------------------------------
+
+    def loaded(self, user: str, *, head: int, epoch: str) -> None:
+        """The store says ``user``'s inbox is at ``head`` (a read of its counter)."""
+        tail = self._tails.get(user)
+        if tail is None or tail.epoch != epoch:
+            self._drop(user)
+            self._tails[user] = _Tail(epoch, head)
+            self._evict()
+        elif head > tail.head:
+            tail.head = head
+
+    def committed(self, user: str, *, epoch: str, head: int, messages: Iterable[Message]) -> None:
+        """Entries of ``user``'s inbox, in seq order, known committed (just written, or read back), and
+        the inbox head they were written or read at."""
+        tail = self._tails.get(user)
+        if tail is None or tail.epoch != epoch:
+            self._drop(user)
+            tail = self._tails[user] = _Tail(epoch, head)
+        else:
+            self._tails.move_to_end(user)
+            tail.head = max(tail.head, head)
+        for message in messages:
+            seq = message["seq"]
+            if tail.entries and seq <= tail.last:
+                continue  # already here, or older than the run held (the newest entries matter)
+            if seq != tail.last + 1 or not tail.entries:
+                # Empty, or another writer's entries are missing in between: the run starts here.
+                self._entries -= len(tail.entries)
+                tail.entries.clear()
+                tail.first = seq
+            tail.entries.append(message)
+            self._entries += 1
+            if len(tail.entries) > self._max_per_user:
+                tail.entries.popleft()
+                tail.first += 1
+                self._entries -= 1
+            if seq > tail.head:
+                tail.head = seq
+        self._evict()
+
+    def trimmed(self, user: str, floor: int) -> None:
+        """Every device holds the entries up to ``floor``: they are no longer needed here."""
+        tail = self._tails.get(user)
+        if tail is None:
+            return
+        while tail.entries and tail.first <= floor:
+            tail.entries.popleft()
+            tail.first += 1
+            self._entries -= 1
+
+    def clear(self) -> None:
+        """Forget everything (e.g. notifies may have been lost: heads are no longer trustworthy)."""
+        self._tails.clear()
+        self._entries = 0
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    def head(self, user: str) -> tuple[int, str] | None:
+        """``(head, epoch)`` when this node is the only writer and knows the inbox, else None."""
+        if not self.authoritative:
+            return None
+        tail = self._tails.get(user)
+        return None if tail is None else (tail.head, tail.epoch)
+
+    def serve(self, user: str, *, after: int, limit: int, head: int, epoch: str) -> PullResult | None:
+        """The page ``pull`` would read from the store at ``head``, or None when this node does not
+        hold all of it (or there is a gap to report: the store path knows the floor)."""
+        tail = self._tails.get(user)
+        if tail is None or tail.epoch != epoch:
+            self.misses += 1
+            return None
+        end = min(after + limit, head)
+        if after > head or (end > after and not (tail.first <= after + 1 and end <= tail.last)):
+            self.misses += 1
+            return None  # a gap to report, or entries this node does not hold: the store answers
+        self.hits += 1
+        self._tails.move_to_end(user)
+        messages = [tail.entries[i] for i in range(after + 1 - tail.first, end + 1 - tail.first)]
+        return PullResult(messages=messages, next=max(end, after), head=head, epoch=tail.epoch,
+                          more=end < head)
+
+    def entries_between(self, user: str, low: int, high: int) -> list[Message] | None:
+        """The entries with seq in (low, high] when all of them are here, else None."""
+        tail = self._tails.get(user)
+        if tail is None or high <= low:
+            return [] if high <= low else None
+        if tail.first > low + 1 or tail.last < high:
+            return None
+        return [tail.entries[i] for i in range(low + 1 - tail.first, high + 1 - tail.first)]
+
+    # -- bounds ---------------------------------------------------------------------------------------
+
+    def _drop(self, user: str) -> None:
+        tail = self._tails.pop(user, None)
+        if tail is not None:
+            self._entries -= len(tail.entries)
+
+    def _evict(self) -> None:
+        # Inboxes without entries are small, but they are bounded too (by the same number).
+        while (self._entries > self._max_entries or len(self._tails) > self._max_entries) and self._tails:
+            _, tail = self._tails.popitem(last=False)
+            self._entries -= len(tail.entries)

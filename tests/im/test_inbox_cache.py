@@ -1,0 +1,123 @@
+"""The in-memory tail of each inbox: pulls served from it are exactly what the store would return, cost
+no store read on a single node, and stay correct when another writer (a cluster node) interleaves."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from im.errors import InvalidInput
+from im.inbox import InboxStore
+from im.inbox_cache import InboxCache
+from im.models import Draft, PullResult, direct_conversation_id
+from im.store import Store
+
+DAY_SECS = 24 * 3600
+
+
+def draft(sender: str, to: str, cmid: str, body: Any = "hi") -> Draft:
+    return Draft(sender=sender, to=to, conv=direct_conversation_id(sender, to), kind="text", body=body,
+                 client_msg_id=cmid, recipients=(to, sender))
+
+
+def cached_inbox(store: Store, *, authoritative: bool = True, **cache_args: int) -> InboxStore:
+    return InboxStore(store, device_idle_secs=DAY_SECS, max_devices_per_user=3,
+                      cache=InboxCache(authoritative=authoritative, **cache_args))
+
+
+async def store_reads(store: Store) -> int:
+    status = await store.db.command("serverStatus")
+    return int(status["opcounters"]["query"])
+
+
+def same_page(a: PullResult, b: PullResult) -> None:
+    assert a.to_dict() == b.to_dict()
+
+
+async def test_pages_from_memory_equal_the_stores_and_cost_no_read(store: Store) -> None:
+    cached = cached_inbox(store)
+    plain = InboxStore(store, device_idle_secs=DAY_SECS, max_devices_per_user=3)
+    await cached.append([draft("a", "b", f"m{i}", body={"n": i}) for i in range(12)])
+    await cached.pull("b", after=0, limit=1)  # the inbox is known from here on
+
+    before = await store_reads(store)
+    pages = [await cached.pull("b", after=after, limit=limit)
+             for after, limit in ((0, 100), (0, 5), (5, 5), (10, 5), (12, 5))]
+    assert await store_reads(store) == before  # (serverStatus is a command, not a query)
+
+    for (after, limit), page in zip(((0, 100), (0, 5), (5, 5), (10, 5), (12, 5)), pages, strict=True):
+        same_page(page, await plain.pull("b", after=after, limit=limit))
+    assert [m["body"] for m in pages[0].messages] == [{"n": i} for i in range(12)]
+    assert pages[1].more and pages[1].next == 5 and not pages[4].messages and pages[4].next == 12
+
+
+async def test_a_new_node_reads_the_head_once_then_serves_its_own_writes(store: Store) -> None:
+    await cached_inbox(store).append([draft("a", "b", "old")])  # written before this node started
+    fresh = cached_inbox(store)
+    first = await fresh.pull("b", after=0, limit=10)
+    assert [m["client_msg_id"] for m in first.messages] == ["old"]
+    await fresh.append([draft("c", "b", "new")])
+    before = await store_reads(store)
+    page = await fresh.pull("b", after=0, limit=10)
+    assert [m["client_msg_id"] for m in page.messages] == ["old", "new"]
+    assert await store_reads(store) == before
+
+
+async def test_interleaved_writers_in_a_cluster_never_hide_an_entry(store: Store) -> None:
+    """Node A caches what it writes, node B writes in between: A's cached run is broken, so A must
+    read the store and return B's entries too, in order, once."""
+    node_a = cached_inbox(store, authoritative=False)
+    node_b = cached_inbox(store, authoritative=False)
+    expected = []
+    for i in range(6):
+        writer = node_a if i % 3 else node_b
+        await writer.append([draft(f"s{i}", "target", f"m{i}")])
+        expected.append(f"m{i}")
+        page = await node_a.pull("target", after=0, limit=50)
+        assert [m["client_msg_id"] for m in page.messages] == expected
+        assert [m["seq"] for m in page.messages] == list(range(1, i + 2))
+
+
+async def test_trimmed_entries_report_a_gap_like_the_store(store: Store) -> None:
+    cached = cached_inbox(store)
+    plain = InboxStore(store, device_idle_secs=DAY_SECS, max_devices_per_user=3)
+    await cached.append([draft("a", "b", f"m{i}") for i in range(8)])
+    await cached.ack("b", "phone", upto=5)
+    page = await cached.pull("b", after=2, limit=10)
+    assert page.gap and [m["seq"] for m in page.messages] == [6, 7, 8]
+    same_page(page, await plain.pull("b", after=2, limit=10))
+
+
+async def test_memory_is_bounded_and_eviction_falls_back_to_the_store(store: Store) -> None:
+    cached = cached_inbox(store, max_entries=10, max_per_user=4)
+    await cached.append([draft("a", f"r{i}", f"m{i}") for i in range(8)])  # 16 entries
+    assert cached.cache is not None and len(cached.cache) <= 10
+    for i in range(8):
+        page = await cached.pull(f"r{i}", after=0, limit=10)
+        assert [m["client_msg_id"] for m in page.messages] == [f"m{i}"]
+
+
+async def test_concurrent_acks_of_many_users_share_a_batch_and_trim_each_inbox(store: Store) -> None:
+    cached = cached_inbox(store)
+    users = [f"u{i}" for i in range(30)]
+    await cached.append([draft("sender", user, f"m{user}{j}") for user in users for j in range(3)])
+    results = await asyncio.gather(*(cached.ack(user, "phone", upto=2) for user in users),
+                                   cached.ack("u0", "phone", upto=99), return_exceptions=True)
+    assert isinstance(results[-1], InvalidInput)  # beyond the head: refused alone
+    assert all(r.cursor == 2 and r.trimmed == 2 for r in results[:-1] if not isinstance(r, BaseException))
+    assert not any(isinstance(r, BaseException) for r in results[:-1])
+    for user in users:
+        remaining = await store.inbox.find({"user": user}).to_list(10)
+        assert [d["seq"] for d in remaining] == [3]
+
+
+@pytest.mark.parametrize("authoritative", [True, False])
+async def test_a_racing_duplicate_send_is_cached_once(store: Store, authoritative: bool) -> None:
+    cached = cached_inbox(store, authoritative=authoritative)
+    first, again = await asyncio.gather(cached.append([draft("a", "b", "same")]),
+                                        cached.append([draft("a", "b", "same")]))
+    assert first[0].msg_id == again[0].msg_id
+    page = await cached.pull("b", after=0, limit=10)
+    assert [m["client_msg_id"] for m in page.messages] == ["same"]
