@@ -78,6 +78,8 @@ class Settings:
     )
     max_devices_per_user: int = _setting(20, "devices whose cursors are kept per user")
     commit_max_batch: int = _setting(256, "most messages written in one group-commit transaction")
+    ack_linger_secs: float = _setting(
+        0.25, "acknowledgements (cursors, trims, delivered receipts) are written in batches this often")
     inbox_cache_entries: int = _setting(
         100_000, "newest inbox entries kept in memory to serve pulls without a store read (0: off)")
 
@@ -179,8 +181,9 @@ class Settings:
             raise SettingsError("log_format must be 'text' or 'json'")
         self._validate_webhooks()
         self._validate_conversations()
-        if self.presence_linger_secs < 0:
-            raise SettingsError("presence_linger_secs must not be negative")
+        for name in ("presence_linger_secs", "ack_linger_secs", "inbox_cache_entries"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} must not be negative")
         return self
 
 

@@ -33,12 +33,16 @@ class NaturalBatcher(Generic[Item, Result]):
     """Queues items and writes them in batches of at most ``max_batch`` with ``write_batch``.
 
     ``what`` names the items in logs; ``failure`` is what a caller hears when a batch fails unexpectedly.
+    ``linger_secs`` > 0 holds the first item of an idle batcher that long so that more join it: for
+    writes whose callers do not wait on them (acknowledgements), fewer and larger batches are worth
+    the delay; sends use 0, their sender waits for the receipt.
     """
 
     def __init__(self, write_batch: BatchWriter[Item, Result], *, max_batch: int, what: str,
-                 failure: str) -> None:
+                 failure: str, linger_secs: float = 0.0) -> None:
         self._write_batch = write_batch
         self._max_batch = max_batch
+        self._linger_secs = linger_secs
         self._what = what
         self._failure = failure
         self._queue: deque[tuple[Item, asyncio.Future[Result]]] = deque()
@@ -69,6 +73,8 @@ class NaturalBatcher(Generic[Item, Result]):
 
     async def _flush_all(self) -> None:
         try:
+            if self._linger_secs > 0:
+                await asyncio.sleep(self._linger_secs)
             while self._queue:
                 batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
                 await self._flush(batch)

@@ -108,6 +108,10 @@ class InboxCache:
             tail.first += 1
             self._entries -= 1
 
+    def forget(self, user: str) -> None:
+        """Drop what is known of ``user``'s inbox (its cached head proved wrong)."""
+        self._drop(user)
+
     def clear(self) -> None:
         """Forget everything (e.g. notifies may have been lost: heads are no longer trustworthy)."""
         self._tails.clear()

@@ -8,7 +8,6 @@ publish the new inbox heads on the bus, then return the receipt.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -111,6 +110,8 @@ class MessagingService:
         self.metrics = metrics or Metrics()
         self.webhooks = webhooks
         self._poll_waiters = 0
+        # Background acknowledgements of long-polls (kept referenced until done).
+        self._background: set[asyncio.Task[None]] = set()
         self.metrics.gauge("im_connections", "Open client connections on this node by transport",
                            self._connections_by_transport, label="transport")
         self.metrics.gauge("im_long_poll_waiters", "Long-polls waiting on this node",
@@ -141,6 +142,8 @@ class MessagingService:
         await asyncio.sleep(0.05)  # let the answers be written out
 
     async def close(self) -> None:
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.inbox.drain()  # acknowledgements first: their delivered receipts go through the committer
         await self.committer.drain()
         await self.bus.close()
         await self.presence.close()
@@ -247,6 +250,9 @@ class MessagingService:
         (messages not received, one's own, and group messages already read are skipped; repeating a
         read of the same ids stores nothing new)."""
         ids = [parse_msg_id(m, "msg_ids") for m in msg_ids]
+        # Read implies delivered: acknowledgements still lingering go first, so a sender never sees a
+        # message read before it is delivered.
+        await self.inbox.drain()
         touched = await self.conversations.receipts.readable(principal.user, ids)
         await self._write_receipts(principal.user, READ, touched)
         return [t.msg_id for t in touched]
@@ -309,7 +315,7 @@ class MessagingService:
         wait still wakes it. Cancelling the call (client went away) unregisters the waiter.
         """
         self._check_connection_cap(principal)
-        await self._ack_for_poll(principal, after)
+        self._ack_for_poll(principal, after)
         waiter = _PollWaiter()
         self._poll_waiters += 1
         try:
@@ -330,15 +336,28 @@ class MessagingService:
             self._poll_waiters -= 1
             self.disconnect(principal, waiter)
 
-    async def _ack_for_poll(self, principal: Principal, after: int) -> None:
+    def _ack_for_poll(self, principal: Principal, after: int) -> None:
+        """A poll's ``after`` acknowledges what the client holds. Written in the background: nothing in
+        the poll's answer depends on it, and acknowledgements are batched (``IM_ACK_LINGER_SECS``)."""
         if after <= 0:
             return
         cached = self._acked.get((principal.user, principal.device))
         if cached is not None and after <= cached[0] and time.monotonic() - cached[1] < ACK_REFRESH_SECS:
             return
-        # `after` beyond the head is a client from another epoch: nothing to ack, its pull reports the gap.
-        with contextlib.suppress(InvalidInput):
+        self._remember_ack(principal, after)  # a poll repeated before the write lands does not ack again
+        task = asyncio.create_task(self._ack_in_background(principal, after))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _ack_in_background(self, principal: Principal, after: int) -> None:
+        try:
             await self.ack(principal, upto=after)
+        except InvalidInput:
+            pass  # `after` beyond the head: a client from another epoch; its pull reports the gap
+        except Exception as exc:
+            # Not lost: the next poll acknowledges again (the cursor only ever moves forward).
+            self._acked.pop((principal.user, principal.device), None)
+            log.warning("acknowledging for a long-poll of %s failed: %s", principal.user, exc)
 
     def _remember_ack(self, principal: Principal, cursor: int) -> None:
         key = (principal.user, principal.device)

@@ -121,3 +121,16 @@ async def test_a_racing_duplicate_send_is_cached_once(store: Store, authoritativ
     assert first[0].msg_id == again[0].msg_id
     page = await cached.pull("b", after=0, limit=10)
     assert [m["client_msg_id"] for m in page.messages] == ["same"]
+
+
+async def test_a_wrong_cached_head_is_detected_and_the_batch_written_again(store: Store) -> None:
+    """Two nodes that each believe they are the only writer (a misconfiguration): the conditional
+    counter update catches the stale head, and seqs stay unique and gapless."""
+    node_a, node_b = cached_inbox(store), cached_inbox(store)
+    for i in range(3):
+        await node_a.append([draft("a", "target", f"a{i}")])
+        await node_b.append([draft("b", "target", f"b{i}")])
+    page = await node_a.pull("target", after=0, limit=50)
+    assert [m["seq"] for m in page.messages][:1] == [1]
+    stored = [d["seq"] async for d in store.inbox.find({"user": "target"})]
+    assert sorted(stored) == list(range(1, 7))
