@@ -80,6 +80,8 @@ class Settings:
     commit_max_batch: int = _setting(256, "most messages written in one group-commit transaction")
     ack_linger_secs: float = _setting(
         0.25, "acknowledgements (cursors, trims, delivered receipts) are written in batches this often")
+    trim_interval_secs: float = _setting(
+        2.0, "an inbox is trimmed (and delivered receipts written) at most this often; 0: on every ack")
     inbox_cache_entries: int = _setting(
         100_000, "newest inbox entries kept in memory to serve pulls without a store read (0: off)")
 
@@ -181,7 +183,7 @@ class Settings:
             raise SettingsError("log_format must be 'text' or 'json'")
         self._validate_webhooks()
         self._validate_conversations()
-        for name in ("presence_linger_secs", "ack_linger_secs", "inbox_cache_entries"):
+        for name in ("presence_linger_secs", "ack_linger_secs", "trim_interval_secs", "inbox_cache_entries"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must not be negative")
         return self

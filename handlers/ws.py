@@ -3,8 +3,11 @@
 The socket only ever receives a body-less ``notify`` from the server unprompted; everything else is a
 reply to a client frame. Memory per socket is bounded however the peer behaves:
 - notifies are coalesced: while one is being written, newer seqs overwrite the pending one;
-- a reply is written before the next client frame is read (Tornado awaits ``on_message``), so a client
-  that sends but never reads stalls itself, not the server;
+- frames are served concurrently (a pull is not stuck behind the durable write of the client's own
+  send, nor behind an acknowledgement's batch), but at most ``MAX_FRAMES_IN_FLIGHT`` per socket: beyond
+  that the next frame is not read until one is answered, so a client that sends but never reads
+  stalls itself, not the server. Sends are queued for writing in frame order, so one client's
+  messages keep their order;
 - a write that the peer does not take within ``ws_write_timeout_secs`` closes the socket (4408). The
   client loses nothing: the messages wait in its inbox and it pulls them after reconnecting.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 import tornado.websocket
@@ -35,6 +39,10 @@ CLOSE_AUTH_TIMEOUT = 4401
 CLOSE_SLOW_CONSUMER = 4408
 CLOSE_RATE_LIMITED = 4429
 CLOSE_KICKED = 4409
+# Frames of one socket being served at once; the next frame is read only when one is answered.
+MAX_FRAMES_IN_FLIGHT = 32
+# Served before the next frame is read: the session's state depends on them.
+SERIAL_FRAMES = frozenset({"auth", "ping"})
 
 
 def hard_frame_limit(settings: Settings) -> int:
@@ -56,6 +64,7 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
         self._pending_seq = -1
         self._sent_seq = -1
         self._notify_task: asyncio.Task[None] | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
         self._closed = False
 
     # -- handshake ------------------------------------------------------------------------------------
@@ -105,14 +114,37 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
 
     async def on_message(self, message: str | bytes) -> None:
         self.binary = isinstance(message, bytes)
-        rid = None
         try:
             frame = decode_frame(message, max_bytes=self.settings_.max_frame_bytes)
-            rid = frame.get("rid")
-            reply = await self._dispatch(frame)
+        except ImError as error:
+            await self._answer(_failed(error), None)
+            return
+        rid = frame.get("rid")
+        if frame["t"] in SERIAL_FRAMES or self.principal is None:
+            await self._answer(self._dispatch(frame), rid)
+            return
+        while len(self._in_flight) >= MAX_FRAMES_IN_FLIGHT:
+            await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+        if frame["t"] == "send":
+            # Validated and queued for the store now, in frame order; answered once durable.
+            try:
+                reply: Awaitable[dict[str, Any]] = await self._queue_send(frame)
+            except ImError as error:
+                await self._answer(_failed(error), rid)
+                return
+        else:
+            reply = self._dispatch(frame)
+        task = asyncio.create_task(self._answer(reply, rid))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _answer(self, reply: Awaitable[dict[str, Any]], rid: Any) -> None:
+        """Await one frame's reply and write it; an error becomes an error frame, never a closed socket."""
+        try:
+            frame = await reply
         except ImError as error:
             log.info("ws %s: %s (%s)", self._who(), error.code, error.message)
-            reply = error_frame(error, rid=rid)
+            frame = error_frame(error, rid=rid)
         except asyncio.CancelledError:
             if self._closed:
                 return  # the peer went away while its frame was being served: nobody to answer
@@ -120,10 +152,20 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
         except Exception:
             # Loop edge: one frame's unexpected failure must not kill a healthy connection.
             log.exception("ws %s: unexpected error serving a frame", self._who())
-            reply = {"t": "error", "code": "internal", "message": "the server failed to serve this frame"}
+            frame = {"t": "error", "code": "internal", "message": "the server failed to serve this frame"}
         if rid is not None:
-            reply["rid"] = rid
-        await self._write(reply)
+            frame["rid"] = rid
+        await self._write(frame)
+
+    async def _queue_send(self, frame: dict[str, Any]) -> Awaitable[dict[str, Any]]:
+        principal = self.principal
+        assert principal is not None
+        request = parse_send(frame, max_text_chars=self.settings_.max_text_chars)
+        receipt = await self.service.queue_send(principal, request)
+
+        async def sent() -> dict[str, Any]:
+            return {"t": "sent", **(await receipt).to_dict(sender=principal.user)}
+        return sent()
 
     async def _dispatch(self, frame: dict[str, Any]) -> dict[str, Any]:
         kind = frame["t"]
@@ -140,8 +182,7 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
             raise AuthError("send an auth frame first", code="unauthenticated")
         service, settings = self.service, self.settings_
         if kind == "send":
-            receipt = await service.send(principal, parse_send(frame, max_text_chars=settings.max_text_chars))
-            return {"t": "sent", **receipt.to_dict(sender=principal.user)}
+            return await (await self._queue_send(frame))
         if kind == "pull":
             after, limit = parse_pull(frame, default_limit=settings.pull_default_limit,
                                       max_limit=settings.pull_max_limit)
@@ -225,3 +266,7 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
             self._notify_task.cancel()
         if self.principal is not None:
             self.service.disconnect(self.principal, self)
+
+
+async def _failed(error: ImError) -> dict[str, Any]:
+    raise error

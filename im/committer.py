@@ -60,11 +60,16 @@ class NaturalBatcher(Generic[Item, Result]):
         If the caller goes away (cancelled), the write still completes: a message is durable and a
         retry with the same client_msg_id gets the original receipt.
         """
+        return await self.enqueue(item)
+
+    def enqueue(self, item: Item) -> Awaitable[Result]:
+        """Queue ``item`` now (items are written in the order they were queued); await the result for
+        its outcome. Cancelling that await does not cancel the write."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_all())
-        return await asyncio.shield(future)
+        return asyncio.shield(future)
 
     async def drain(self) -> None:
         """Wait until everything queued so far is written (used at shutdown)."""

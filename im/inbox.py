@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
+import time
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -42,6 +43,8 @@ MAX_DEDUP_ROUNDS = 3
 TRIM_READ_PAGE = 500
 # Acknowledgements written together (one cursor bulk write, one trim bulk write per batch).
 ACK_MAX_BATCH = 512
+# Inboxes whose last trim time is remembered (for the trim interval); older ones may trim at once.
+LAST_TRIM_USERS = 100_000
 
 
 def _ms(ts: datetime) -> int:
@@ -57,10 +60,11 @@ class CursorState:
 
 @dataclass(frozen=True, slots=True)
 class _Ack:
-    """One device's "I hold everything up to ``upto``", waiting for its batch."""
+    """One device's "I hold everything up to ``upto``", waiting for its batch. Without a device: a
+    trim of ``user``'s inbox that was put off by the trim interval, due now."""
 
     user: str
-    device: str
+    device: str | None
     upto: int
     now: datetime
 
@@ -136,7 +140,7 @@ class InboxStore:
 
     def __init__(self, store: Store, *, device_idle_secs: float, max_devices_per_user: int,
                  cipher: KeyRing | None = None, cache: InboxCache | None = None,
-                 ack_linger_secs: float = 0.0) -> None:
+                 ack_linger_secs: float = 0.0, trim_interval_secs: float = 0.0) -> None:
         self._store = store
         self._device_idle_secs = device_idle_secs
         self._max_devices = max_devices_per_user
@@ -146,6 +150,12 @@ class InboxStore:
         self.cache = cache
         # Set by the service: writes delivered receipts for entries about to be trimmed.
         self.on_trim: TrimHook | None = None
+        # An inbox is trimmed at most this often: each trim costs a delete and one delivered receipt per
+        # sender, so under load trims (and receipts) cover several acks instead of one each.
+        self._trim_interval_secs = trim_interval_secs
+        self._last_trim: OrderedDict[str, float] = OrderedDict()
+        self._retrims: dict[str, asyncio.TimerHandle] = {}
+        self._retrim_tasks: set[asyncio.Task[AckResult]] = set()
         # Concurrent acks share their store round trips, like sends share a transaction.
         self._acks: NaturalBatcher[_Ack, AckResult] = NaturalBatcher(
             self._ack_batch, max_batch=ACK_MAX_BATCH, what="acknowledgements",
@@ -351,8 +361,21 @@ class InboxStore:
         """
         return await self._acks.submit(_Ack(user, device, upto, now or utcnow()))
 
-    async def drain(self) -> None:
-        """Wait until every acknowledgement queued so far is written (used at shutdown)."""
+    async def settle(self, user: str) -> None:
+        """Write every acknowledgement queued so far, and ``user``'s trim if the trim interval put it
+        off: its delivered receipts are then written (a read receipt must not overtake them)."""
+        handle = self._retrims.pop(user, None)
+        if handle is not None:
+            handle.cancel()
+            await self._acks.submit(_Ack(user, None, 0, utcnow()))
+        await self._acks.drain()
+
+    async def close(self) -> None:
+        """Write every acknowledgement queued so far (shutdown). Trims put off by the trim interval are
+        dropped: the next acknowledgement of those inboxes trims them."""
+        for handle in self._retrims.values():
+            handle.cancel()
+        self._retrims.clear()
         await self._acks.drain()
 
     async def _heads(self, users: Sequence[str]) -> dict[str, int]:
@@ -380,11 +403,14 @@ class InboxStore:
         statement on its own, so a batch of a hundred cursor upserts cost a hundred syncs; together
         with the floors and the deletes it now costs one.
         """
-        heads = await self._heads(list(dict.fromkeys(a.user for a in acks)))
+        heads = await self._heads(list(dict.fromkeys(a.user for a in acks if a.device is not None)))
         outcomes: list[AckResult | ImError | None] = [None] * len(acks)
         # One cursor write per device: several acks of one device in a batch collapse to the highest.
         latest: dict[tuple[str, str], _Ack] = {}
+        retrims = [a.user for a in acks if a.device is None]
         for i, a in enumerate(acks):
+            if a.device is None:
+                continue
             head = heads.get(a.user, 0)
             if a.upto > head:
                 outcomes[i] = InvalidInput(f"upto ({a.upto}) is beyond the inbox head ({head})", field="upto")
@@ -392,19 +418,19 @@ class InboxStore:
             seen = latest.get((a.user, a.device))
             latest[(a.user, a.device)] = a if seen is None else _Ack(
                 a.user, a.device, max(a.upto, seen.upto), max(a.now, seen.now))
-        if latest:
-            plan = await self._plan_acks(latest)
+        if latest or retrims:
+            plan = await self._plan_acks(latest, retrims)
             failed = await self._write_acks(plan)
             for i, a in enumerate(acks):
                 if outcomes[i] is None:
-                    outcomes[i] = failed.get(a.user) or AckResult(
-                        cursor=plan.cursors[(a.user, a.device)], trimmed=plan.floor(a.user))
+                    cursor = plan.cursors.get((a.user, a.device), 0) if a.device is not None else 0
+                    outcomes[i] = failed.get(a.user) or AckResult(cursor=cursor, trimmed=plan.floor(a.user))
         return [o for o in outcomes if o is not None]
 
-    async def _plan_acks(self, latest: Mapping[tuple[str, str], _Ack]) -> _AckPlan:
+    async def _plan_acks(self, latest: Mapping[tuple[str, str], _Ack], retrims: Sequence[str]) -> _AckPlan:
         """The batch merged with the stored cursors and floors: what to write and what to trim."""
         store = self._store
-        users = list(dict.fromkeys(user for user, _ in latest))
+        users = list(dict.fromkeys([*(user for user, _ in latest), *retrims]))
         async with store_errors("acknowledging"):
             docs = await store.cursors.find({"user": {"$in": users}}).to_list(
                 len(users) * self._max_devices * 2)
@@ -416,6 +442,7 @@ class InboxStore:
             stored = devices[user].get(device)
             devices[user][device] = CursorState(device, max(a.upto, stored.seq if stored else 0), a.now)
         plan = _AckPlan(latest=latest, floors=floors)
+        forced = set(retrims)  # put off once already: due now whatever the interval says
         for user, states in devices.items():
             by_recency = sorted(states.values(), key=lambda c: c.seen_at, reverse=True)
             kept, dropped = by_recency[:self._max_devices], by_recency[self._max_devices:]
@@ -423,12 +450,42 @@ class InboxStore:
                 log.info("user %s: forgetting %d least recently seen device cursor(s)", user, len(dropped))
                 plan.forget.extend(f"{user}/{c.device}" for c in dropped)
             plan.cursors.update({(user, c.device): c.seq for c in states.values()})
-            now = max(a.now for (u, _), a in latest.items() if u == user)
+            now = max((a.now for (u, _), a in latest.items() if u == user), default=utcnow())
             floor = trim_floor(kept, now=now, idle_secs=self._device_idle_secs)
             trimmed = floors.get(user, 0)
-            if floor is not None and floor > trimmed:
+            if floor is not None and floor > trimmed and (user in forced or self._trim_due(user)):
                 plan.trims[user] = (trimmed, floor)
         return plan
+
+    def _trim_due(self, user: str) -> bool:
+        """Whether ``user``'s inbox may be trimmed now (and if so, note that it is). A trim put off by
+        the interval is not forgotten: it is scheduled for when the interval ends."""
+        if self._trim_interval_secs <= 0:
+            return True
+        now = time.monotonic()
+        last = self._last_trim.get(user)
+        if last is not None and now - last < self._trim_interval_secs:
+            if user not in self._retrims:
+                self._retrims[user] = asyncio.get_running_loop().call_later(
+                    last + self._trim_interval_secs - now, self._retrim, user)
+            return False
+        self._last_trim[user] = now
+        self._last_trim.move_to_end(user)
+        if len(self._last_trim) > LAST_TRIM_USERS:
+            self._last_trim.popitem(last=False)
+        return True
+
+    def _retrim(self, user: str) -> None:
+        del self._retrims[user]
+        task = asyncio.create_task(self._acks.submit(_Ack(user, None, 0, utcnow())))
+        self._retrim_tasks.add(task)
+        task.add_done_callback(self._retrim_done)
+
+    def _retrim_done(self, task: asyncio.Task[AckResult]) -> None:
+        self._retrim_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The next acknowledgement of that inbox trims it.
+            log.warning("a deferred inbox trim failed: %s", task.exception())
 
     async def _write_acks(self, plan: _AckPlan) -> dict[str, ImError]:
         """Delivered receipts first, then cursors, floors and deletes in one transaction.
@@ -453,13 +510,14 @@ class InboxStore:
         store = self._store
 
         async def write(session: AsyncClientSession) -> None:
-            await store.cursors.bulk_write([
-                UpdateOne({"_id": f"{a.user}/{a.device}"},
-                          {"$max": {"seq": a.upto},
-                           "$set": {"user": a.user, "device": a.device, "seen_at": a.now}},
-                          upsert=True)
-                for a in plan.latest.values()
-            ], ordered=False, session=session)
+            if plan.latest:
+                await store.cursors.bulk_write([
+                    UpdateOne({"_id": f"{a.user}/{a.device}"},
+                              {"$max": {"seq": a.upto},
+                               "$set": {"user": a.user, "device": a.device, "seen_at": a.now}},
+                              upsert=True)
+                    for a in plan.latest.values()
+                ], ordered=False, session=session)
             if plan.forget:
                 await store.cursors.delete_many({"_id": {"$in": plan.forget}}, session=session)
             if plan.trims:
@@ -472,7 +530,8 @@ class InboxStore:
                     [DeleteMany({"user": u, "seq": {"$gt": low, "$lte": high}})
                      for u, (low, high) in plan.trims.items()], ordered=False, session=session)
 
-        await self._transaction("acknowledging", write)
+        if plan.latest or plan.trims:
+            await self._transaction("acknowledging", write)
         if self.cache is not None:
             for user, (_, high) in plan.trims.items():
                 self.cache.trimmed(user, high)

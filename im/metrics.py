@@ -69,6 +69,12 @@ class Metrics:
                                       buckets=LATENCY_BUCKETS_SECS, registry=r)
         self.ack_seconds = Histogram("im_ack_seconds", "Time to record one acknowledgement (and trim)",
                                      buckets=LATENCY_BUCKETS_SECS, registry=r)
+        self.commit_seconds = Histogram(
+            "im_commit_seconds", "Time to write one group-commit batch (one store transaction)",
+            buckets=LATENCY_BUCKETS_SECS, registry=r)
+        self.commit_batch_messages = Histogram(
+            "im_commit_batch_messages", "Messages per group-commit batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r)
         self.http_request_seconds = Histogram(
             "im_http_request_seconds", "HTTP request time by handler and status class",
             ["handler", "status"], buckets=LATENCY_BUCKETS_SECS, registry=r)

@@ -143,7 +143,7 @@ class MessagingService:
 
     async def close(self) -> None:
         await asyncio.gather(*self._background, return_exceptions=True)
-        await self.inbox.drain()  # acknowledgements first: their delivered receipts go through the committer
+        await self.inbox.close()  # acknowledgements first: their delivered receipts go through the committer
         await self.committer.drain()
         await self.bus.close()
         await self.presence.close()
@@ -220,6 +220,14 @@ class MessagingService:
         A group message is archived once and gets one entry (with that member's own seq) in every
         member's inbox, the sender's included, in the same batched write as any other message.
         """
+        return await (await self.queue_send(principal, request))
+
+    async def queue_send(self, principal: Principal, request: SendRequest) -> Awaitable[Receipt]:
+        """Check a send and queue it for the next group commit; await the result for the receipt.
+
+        Sends are written in the order they were queued, so a transport that queues one client's
+        frames in order (and awaits receipts concurrently) keeps that client's messages in order.
+        """
         sender = principal.user
         if self.limits.sends_per_user is not None:
             self.limits.sends_per_user.check(sender)
@@ -235,7 +243,7 @@ class MessagingService:
             sender=sender, to=target.to, conv=target.conv, kind=request.kind,
             body=body, client_msg_id=request.client_msg_id, recipients=target.recipients,
         )
-        return await self.committer.submit(draft)
+        return self.committer.enqueue(draft)
 
     # -- receipts -------------------------------------------------------------------------------------
 
@@ -252,7 +260,7 @@ class MessagingService:
         ids = [parse_msg_id(m, "msg_ids") for m in msg_ids]
         # Read implies delivered: acknowledgements still lingering go first, so a sender never sees a
         # message read before it is delivered.
-        await self.inbox.drain()
+        await self.inbox.settle(principal.user)
         touched = await self.conversations.receipts.readable(principal.user, ids)
         await self._write_receipts(principal.user, READ, touched)
         return [t.msg_id for t in touched]
@@ -265,7 +273,9 @@ class MessagingService:
         await self.conversations.receipts.record(reader, status, touched)
 
     async def _write_and_notify(self, drafts: Sequence[Draft]) -> list[Receipt]:
-        receipts = await self.inbox.append(drafts)
+        self.metrics.commit_batch_messages.observe(len(drafts))
+        with self.metrics.commit_seconds.time():
+            receipts = await self.inbox.append(drafts)
         self._after_write(drafts, receipts)
         heads: dict[str, int] = {}
         for receipt in receipts:

@@ -82,6 +82,16 @@ async def node(settings: Settings) -> AsyncIterator[Node]:
         await running.stop()
 
 
+@pytest.fixture
+async def eager_trim_node(mongo: EmbeddedMongo, db_name: str, tmp_path: Path) -> AsyncIterator[Node]:
+    """A node that trims on every acknowledgement (no trim interval): for tests of the floor itself."""
+    running = await Node.start(make_settings(mongo.url, db_name, tmp_path, trim_interval_secs=0))
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from tests import reliability_report
 

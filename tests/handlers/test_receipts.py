@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
+from tests.conftest import make_settings
 from tests.helpers import Node, drain_inbox
 
 
@@ -91,3 +94,24 @@ async def test_group_receipts_are_aggregated(node: Node) -> None:
     messages, _ = await drain_inbox(node, tokens["owner"])
     assert receipts_in(messages) == [("delivered", "ann", [msg_id]), ("delivered", "ben", [msg_id]),
                                      ("read", "ann", [msg_id])]
+
+
+async def test_a_trim_put_off_by_the_interval_still_happens_without_another_ack(
+        mongo, db_name, tmp_path) -> None:
+    """With a trim interval, an ack soon after a trim does not trim at once; the trim (and its
+    delivered receipt) follows when the interval ends, with no further ack from the client."""
+    node = await Node.start(make_settings(mongo.url, db_name, tmp_path, trim_interval_secs=1.0))
+    try:
+        alice, bob = await node.user("alice"), await node.user("bob")
+        first = (await node.send(alice, "bob", "one")).body["msg_id"]
+        assert (await node.ack(bob, 1)).body["trimmed"] == 1
+        second = (await node.send(alice, "bob", "two")).body["msg_id"]
+        assert (await node.ack(bob, 2)).body["trimmed"] == 1  # within the interval: put off
+        deadline = time.monotonic() + 5
+        while await node.service.store.inbox.count_documents({"user": "bob"}):
+            assert time.monotonic() < deadline, "the deferred trim never happened"
+            await asyncio.sleep(0.05)
+        messages, _ = await drain_inbox(node, alice)
+        assert receipts_in(messages) == [("delivered", "bob", [first]), ("delivered", "bob", [second])]
+    finally:
+        await node.stop()

@@ -90,7 +90,8 @@ async def test_ack_trims_inbox_and_archive_keeps_history(node: Node) -> None:
     assert stale["gap"] is True and [m["seq"] for m in stale["messages"]] == [4, 5]
 
 
-async def test_two_devices_each_receive_everything(node: Node) -> None:
+async def test_two_devices_each_receive_everything(eager_trim_node: Node) -> None:
+    node = eager_trim_node
     alice = await node.user("alice")
     await node.register("bob")
     phone, browser = await node.login("bob", device="phone"), await node.login("bob", device="browser")

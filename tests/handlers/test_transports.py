@@ -5,7 +5,8 @@ from __future__ import annotations
 from tests.helpers import Node
 
 
-async def test_switching_transports_mid_stream_sees_each_message_once_in_order(node: Node) -> None:
+async def test_switching_transports_mid_stream_sees_each_message_once_in_order(eager_trim_node: Node) -> None:
+    node = eager_trim_node
     alice, bob = await node.user("alice"), await node.user("bob")
     received: list[str] = []
     last = 0

@@ -164,3 +164,28 @@ async def test_dead_connection_is_closed_and_its_state_freed(mongo, db_name, tmp
             sock.close()
     finally:
         await node.stop()
+
+
+async def test_a_slow_frame_does_not_hold_up_the_next_and_sends_keep_their_order(
+        mongo, db_name, tmp_path) -> None:
+    """Frames of one socket are served concurrently: an acknowledgement waiting for its batch (here a
+    long linger) does not delay a pull sent after it, and pipelined sends are stored in frame order."""
+    node = await Node.start(make_settings(mongo.url, db_name, tmp_path, ack_linger_secs=3.0))
+    try:
+        alice, bob = await node.user("alice"), await node.user("bob")
+        async with node.ws(alice) as a, node.ws(bob) as b:
+            for i in range(20):  # pipelined: no frame waits for the previous one's receipt
+                await a.send_frame({"t": "send", "to": "bob", "body": f"m{i}", "client_msg_id": f"p{i}",
+                                    "rid": i})
+            sent = {r["rid"]: r for r in [await a.reply() for _ in range(20)]}
+            assert [sent[i]["seq"] for i in range(20)] == list(range(1, 21))
+
+            await b.send_frame({"t": "ack", "upto": 20, "rid": "ack"})
+            await b.send_frame({"t": "pull", "after": 0, "limit": 50, "rid": "pull"})
+            first = await b.reply(timeout=2)  # well before the ack's 3 s linger ends
+            assert first["rid"] == "pull" and [m["body"] for m in first["messages"]] == [
+                f"m{i}" for i in range(20)]
+            acked = await b.reply(timeout=10)
+            assert acked["rid"] == "ack" and acked["trimmed"] == 20
+    finally:
+        await node.stop()
