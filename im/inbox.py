@@ -94,8 +94,9 @@ class TrimmedEntry:
     kind: str
 
 
-# Called with (user, entries) before trimmed entries are deleted; if it raises, nothing is trimmed.
-TrimHook = Callable[[str, list[TrimmedEntry]], Awaitable[None]]
+# Called once per batch of acknowledgements with {user: entries about to be trimmed}, before they are
+# deleted; if it raises, nothing of the batch is trimmed (the acks hear why, the next ones try again).
+TrimHook = Callable[[dict[str, list[TrimmedEntry]]], Awaitable[None]]
 
 
 def trim_floor(cursors: Iterable[CursorState], *, now: datetime, idle_secs: float) -> int | None:
@@ -495,18 +496,18 @@ class InboxStore:
         """
         failed: dict[str, ImError] = {}
         if self.on_trim is not None and plan.trims:
-            users = list(plan.trims)
-            # All at once, so the receipt drafts of the whole batch share the committer's transactions.
-            results = await asyncio.gather(*(self._before_trim(u, *plan.trims[u]) for u in users),
-                                           return_exceptions=True)
-            for user, result in zip(users, results, strict=True):
-                if isinstance(result, BaseException):
-                    if not isinstance(result, ImError):
-                        log.error("delivered receipts of %s failed", user, exc_info=result)
-                    failed[user] = result if isinstance(result, ImError) else StoreUnavailable(
-                        "delivered receipts could not be written; acknowledge again")
-            for user in failed:
-                del plan.trims[user]
+            # One hook call for the whole batch: its receipts share the committer's transactions and
+            # a group message's aggregate gets one update however many members' trims touched it.
+            try:
+                entries = await asyncio.gather(*(self._entries_to_trim(u, *r) for u, r in plan.trims.items()))
+                await self.on_trim(dict(zip(plan.trims, entries, strict=True)))
+            except Exception as exc:
+                if not isinstance(exc, ImError):
+                    log.error("delivered receipts of %d inboxes failed", len(plan.trims), exc_info=exc)
+                error = exc if isinstance(exc, ImError) else StoreUnavailable(
+                    "delivered receipts could not be written; acknowledge again")
+                failed = dict.fromkeys(plan.trims, error)
+                plan.trims.clear()
         store = self._store
 
         async def write(session: AsyncClientSession) -> None:
@@ -551,14 +552,11 @@ class InboxStore:
                     write, read_concern=ReadConcern("local"), write_concern=store.write_concern
                 )
 
-    async def _before_trim(self, user: str, low: int, high: int) -> None:
-        assert self.on_trim is not None
+    async def _entries_to_trim(self, user: str, low: int, high: int) -> list[TrimmedEntry]:
         cached = None if self.cache is None else self.cache.entries_between(user, low, high)
         if cached is not None:
-            entries = [TrimmedEntry(m["msg_id"], m["conv"], m["from"], m["kind"]) for m in cached]
-        else:
-            entries = await self._entries_between(user, low, high)
-        await self.on_trim(user, entries)
+            return [TrimmedEntry(m["msg_id"], m["conv"], m["from"], m["kind"]) for m in cached]
+        return await self._entries_between(user, low, high)
 
     async def _entries_between(self, user: str, low: int, high: int) -> list[TrimmedEntry]:
         """The entries with seq in (low, high], read in pages bounded on both sides."""

@@ -15,7 +15,7 @@ have none: their one receipt entry per status says it all, and the hot ack path 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,21 +87,28 @@ class ReceiptStore:
         self._receipts = receipts
         self._messages = messages
 
-    async def record(self, reader: str, status: str, touched: Sequence[Touched]) -> None:
-        """Add ``reader`` to the aggregates of the group messages of ``touched`` (a read message counts
-        as delivered too)."""
-        touched = [t for t in touched if is_group_conversation(t.conv)]
-        if not touched:
+    async def record(self, status: str, by_reader: Mapping[str, Sequence[Touched]]) -> None:
+        """Add each reader to the aggregates of the group messages it touched (a read message counts as
+        delivered too). One update per message, whatever the number of readers: a group message that
+        200 members' acks trimmed together costs one statement, not 200."""
+        readers_of: dict[str, set[str]] = {}
+        about: dict[str, Touched] = {}
+        for reader, touched in by_reader.items():
+            for t in touched:
+                if is_group_conversation(t.conv):
+                    readers_of.setdefault(t.msg_id, set()).add(reader)
+                    about[t.msg_id] = t
+        if not readers_of:
             return
         fields = [DELIVERED] if status == DELIVERED else [DELIVERED, READ]
         ops = [
             UpdateOne(
-                {"_id": ObjectId(t.msg_id)},
-                {"$addToSet": dict.fromkeys(fields, reader),
-                 "$setOnInsert": {"conv": t.conv, "from": t.sender}},
+                {"_id": ObjectId(msg_id)},
+                {"$addToSet": {f: {"$each": sorted(readers)} for f in fields},
+                 "$setOnInsert": {"conv": about[msg_id].conv, "from": about[msg_id].sender}},
                 upsert=True,
             )
-            for t in touched
+            for msg_id, readers in readers_of.items()
         ]
         async with store_errors("recording receipts"):
             await self._receipts.bulk_write(ops, ordered=False)
