@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from handlers.base import ApiHandler
-from im.models import PullResult
 from im.protocol import parse_pull, read_int
 
 __all__ = ["PollHandler"]
@@ -16,9 +16,11 @@ class PollHandler(ApiHandler):
 
     Nothing about the waiter outlives the request: when the client goes away the wait is cancelled and
     the waiter unregistered, and a restarted or different node serves the next poll the same way.
+    The poll runs in the request's own task (Tornado's), which a closed connection cancels: a task of
+    its own (Task, coroutine, bookkeeping) would cost memory per parked poll for nothing.
     """
 
-    _wait: asyncio.Task[PullResult] | None = None
+    _task: asyncio.Task[Any] | None = None
     _client_gone = False
 
     async def get(self) -> None:
@@ -33,17 +35,16 @@ class PollHandler(ApiHandler):
             # request was handed over: tornado then never calls on_connection_close). Starting a wait
             # now would hold a waiter and a connection slot for the whole timeout.
             return
-        self._wait = asyncio.ensure_future(
-            self.service.poll(principal, after=after, limit=limit, timeout_secs=timeout)
-        )
+        task = self._task = asyncio.current_task()
         try:
-            result = await self._wait
+            result = await self.service.poll(principal, after=after, limit=limit, timeout_secs=timeout)
         except asyncio.CancelledError:
-            if self._client_gone:
+            if self._client_gone and task is not None:
+                task.uncancel()  # our own cancel, handled: the request's task goes on to finish
                 return  # nobody to answer; the waiter is already unregistered
             raise
         finally:
-            self._wait = None
+            self._task = None
         self.reply(result.to_dict())
 
     def _stream_closed(self) -> bool:
@@ -52,5 +53,5 @@ class PollHandler(ApiHandler):
 
     def on_connection_close(self) -> None:
         self._client_gone = True
-        if self._wait is not None:
-            self._wait.cancel()
+        if self._task is not None:
+            self._task.cancel()

@@ -67,8 +67,8 @@ class _PollWaiter:
 
     A bare future that the hub resolves with True (inbox moved, kicked, shutdown) and a timer with
     False (timeout). It used to be an ``asyncio.Event`` awaited through ``asyncio.wait_for``, which on
-    3.11 costs a Task, its coroutine, the Event and its waiter deque for every parked poll: about 2 KB
-    of the server's memory per waiting client (measured with ``scripts/conn_memory.py``).
+    3.11 costs a Task, its coroutine, the Event and its waiter deque for every parked poll (with the
+    handler's own task, also gone, ~4 KB of server RSS per waiting client: ``scripts/conn_memory.py``).
     """
 
     __slots__ = ("kicked", "woken")
