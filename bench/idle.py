@@ -8,8 +8,11 @@ import json
 import os
 import select
 import subprocess
+import threading
 import time
-from collections.abc import Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,21 +83,73 @@ class IdleWorkers:
                 proc.wait()
 
 
-def _reading(pid: int, port: int) -> dict[str, int]:
-    return {"rss_kb": rss_kb(pid), "fds": fd_count(pid), "clients": client_connections(pid, port)}
+def server_metrics(url: str) -> dict[str, float]:
+    """The server's own gauges from ``/metrics``: parked long-polls and connections by transport.
+
+    Why: a TCP connection on the server's port is not a parked long-poll (a poll between two requests,
+    or one still pulling, has a socket too); ``im_long_poll_waiters`` is what the server holds waiting.
+    """
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+    except (OSError, urllib.error.URLError):
+        return {}
+    wanted = {
+        "im_long_poll_waiters": "lp_waiters",
+        'im_connections{transport="ws"}': "ws",
+        'im_connections{transport="longpoll"}': "longpoll",
+    }
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in wanted:
+            found[wanted[name]] = float(value)
+    return found
 
 
-def _wait_clients(
-    pid: int, port: int, *, at_least: int | None = None, at_most: int | None = None, timeout_secs: float
-) -> float:
-    """Poll the server's client connections until they cross a bound; return the seconds it took."""
+def _reading(pid: int, port: int, url: str) -> dict[str, Any]:
+    return {
+        "rss_kb": rss_kb(pid),
+        "fds": fd_count(pid),
+        "clients": client_connections(pid, port),
+        **server_metrics(url),
+    }
+
+
+def _wait_until(check: Callable[[], bool], *, timeout_secs: float, interval_secs: float = 0.2) -> float:
+    """Poll ``check`` until it holds (or the timeout); return the seconds it took."""
     started = time.monotonic()
-    while time.monotonic() - started < timeout_secs:
-        count = client_connections(pid, port)
-        if (at_least is None or count >= at_least) and (at_most is None or count <= at_most):
-            break
-        time.sleep(0.2)
+    while time.monotonic() - started < timeout_secs and not check():
+        time.sleep(interval_secs)
     return time.monotonic() - started
+
+
+class _MetricsTimeline:
+    """The server's gauges and client connections once a second on a thread, for the report: shows
+    whether long-polls really stay parked, and how fast they got there."""
+
+    def __init__(self, url: str, pid: int, port: int) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self._args = (url, pid, port)
+        self._stop = threading.Event()
+        self._started = time.monotonic()
+        self.phase = "ws"
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        url, pid, port = self._args
+        while not self._stop.wait(1.0):
+            try:
+                tcp = client_connections(pid, port)
+            except OSError:
+                continue
+            row = {"t": round(time.monotonic() - self._started, 2), "phase": self.phase, "tcp": tcp}
+            self.rows.append({**row, **server_metrics(url)})
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(15)
 
 
 def measure_idle(
@@ -105,13 +160,22 @@ def measure_idle(
     port: int,
     log_dir: Path,
     settle_secs: float,
+    hold_secs: float,
     connect_timeout_secs: float,
+    poll_timeout_secs: int,
 ) -> dict[str, Any]:
+    """Connect the WebSocket clients, then park the long-polls, hold, and let everyone leave.
+
+    Each phase ends on the server's own count, not the clients': WebSockets on
+    ``im_connections{transport="ws"}``, long-polls on ``im_long_poll_waiters`` (a TCP connection alone
+    may be a poll between two requests, or one the server has not read yet). Reconnects are read after
+    connecting and again after ``hold_secs`` idle, so churn while idle shows apart from connect trouble.
+    """
     n_ws = sum(1 for c in clients if c["transport"] == "ws")
     n_lp = len(clients) - n_ws
     workers_needed = max(1, -(-len(clients) // CLIENTS_PER_WORKER))
     shares = [list(clients[i::workers_needed]) for i in range(workers_needed)]
-    before = _reading(pid, port)
+    before = _reading(pid, port, url)
     # The connect rate is the same whatever the number of workers: they share one concurrency budget
     # (four workers at full concurrency each overran the store: its pool paused on 10 s timeouts).
     concurrency = max(1, CONNECT_CONCURRENCY // workers_needed)
@@ -123,50 +187,65 @@ def measure_idle(
                 "url": url,
                 "clients": share,
                 "connect_concurrency": concurrency,
+                "poll_timeout_secs": poll_timeout_secs,
             }
             for share in shares
         ],
         log_dir=log_dir,
     )
+    timeline = _MetricsTimeline(url, pid, port)
     try:
         started = time.monotonic()
         ws_replies = workers.command("ws", timeout_secs=connect_timeout_secs)
+        _wait_until(lambda: server_metrics(url).get("ws", 0) >= n_ws * PARKED_SHARE, timeout_secs=60)
         ws_secs = time.monotonic() - started
         time.sleep(settle_secs)
-        with_ws = _reading(pid, port)
+        with_ws = _reading(pid, port, url)
+        timeline.phase = "lp"
         started = time.monotonic()
-        workers.command("lp", timeout_secs=connect_timeout_secs)
-        _wait_clients(
-            pid,
-            port,
-            at_least=before["clients"] + int((n_ws + n_lp) * PARKED_SHARE),
+        lp_replies = workers.command("lp", timeout_secs=connect_timeout_secs)
+        _wait_until(
+            lambda: server_metrics(url).get("lp_waiters", 0) >= n_lp * PARKED_SHARE,
             timeout_secs=connect_timeout_secs,
         )
         lp_secs = time.monotonic() - started
         time.sleep(settle_secs)
-        with_all = _reading(pid, port)
+        with_all = _reading(pid, port, url)
+        timeline.phase = "hold"
+        time.sleep(hold_secs)
+        held = workers.command("stats", timeout_secs=60)
+        after_hold = _reading(pid, port, url)
+        timeline.phase = "leave"
         started = time.monotonic()
         leave = workers.command("leave", timeout_secs=connect_timeout_secs)
-        leave_secs = _wait_clients(pid, port, at_most=before["clients"], timeout_secs=60) + (
-            time.monotonic() - started
-        )
+        _wait_until(lambda: client_connections(pid, port) <= before["clients"], timeout_secs=60)
+        leave_secs = time.monotonic() - started
         time.sleep(settle_secs)
-        after = _reading(pid, port)
+        after = _reading(pid, port, url)
     finally:
+        timeline.stop()
         workers.close()
     return {
         "ws": n_ws,
         "longpoll": n_lp,
         "workers": workers_needed,
+        "connect_concurrency": concurrency * workers_needed,
+        "poll_timeout_secs": poll_timeout_secs,
+        "hold_secs": hold_secs,
         "connect_error_count": sum(r["errors"] for r in leave),
-        "connect_errors": [e for r in ws_replies + leave for e in r["error_samples"]][:5],
+        "connect_errors": [e for r in ws_replies + lp_replies + leave for e in r["error_samples"]][:5],
+        "reconnects_after_ws": sum(r["reconnects"] for r in ws_replies),
+        "reconnects_after_connect": sum(r["reconnects"] for r in lp_replies),
+        "reconnects_after_hold": sum(r["reconnects"] for r in held),
         "client_reconnects": sum(r["reconnects"] for r in leave),
         "before": before,
         "with_ws": with_ws,
         "with_all": with_all,
+        "after_hold": after_hold,
         "after": after,
         "ws_connect_secs": ws_secs,
         "lp_connect_secs": lp_secs,
         "leave_secs": leave_secs,
         "loadgen_rss_delta_kb": sum(r["rss_delta_kb"] for r in leave),
+        "timeline": timeline.rows,
     }

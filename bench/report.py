@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.profile import LOOP_FRAMES
 from bench.stats import ratio
 
 __all__ = ["TARGETS", "headline", "write"]
@@ -19,6 +20,8 @@ P99_TARGET_MS = 20.0
 P99_TARGET_RATE = 1000.0
 RSS_PER_CONN_TARGET_KB = 25.0
 OP_KINDS = ("insert", "query", "update", "delete", "command")
+# The profile of the server before the performance work (``--profile-label before`` wrote it).
+STORED_BEFORE_PROFILE = Path(__file__).resolve().parent / "results" / "profile-before.json"
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -50,6 +53,12 @@ def step_at(steps: Sequence[dict[str, Any]], rate: float) -> dict[str, Any] | No
     return next((s for s in steps if s["rate"] == rate), None)
 
 
+def _notify_p99(step: dict[str, Any] | None, via: str) -> float:
+    if not step:
+        return math.nan
+    return step.get("notify_to_receive", {}).get(via, {}).get("p99_ms", math.nan)
+
+
 def headline(results: dict[str, Any]) -> dict[str, Any]:
     """The numbers the issue sets targets for, from one run."""
     ours = _steps(results, "ours")
@@ -67,6 +76,8 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         "raw_insert_many_docs_per_sec": raw.get("insert_many_docs_per_sec", math.nan),
         "durable_ratio": ratio(ours_best, raw.get("insert_one_per_sec", math.nan)),
         "p99_at_target_rate_ms": at_target["latency"]["p99_ms"] if at_target else math.nan,
+        "notify_p99_at_target_rate_ms": _notify_p99(at_target, "ws"),
+        "poll_answer_p99_at_target_rate_ms": _notify_p99(at_target, "longpoll"),
         "rss_per_conn_kb": per_conn,
         "clients_back": bool(idle) and idle["after"]["clients"] <= idle["before"]["clients"],
         "tornado_best": best_delivered(_steps(results, "tornado")),
@@ -82,9 +93,13 @@ def write(results: dict[str, Any], out: Path, *, profile_label: str = "") -> Pat
             json.dumps(_profile_digest(results["profile"]), indent=1) + "\n"
         )
     before = None
-    before_path = out / "profile-before.json"
-    if before_path.exists() and profile_label != "before":
-        before = json.loads(before_path.read_text())
+    if profile_label != "before":
+        # The stored "before" profile lives in the repository; a run writing elsewhere (--out) still
+        # shows it next to its own.
+        for before_path in (out / "profile-before.json", STORED_BEFORE_PROFILE):
+            if before_path.exists():
+                before = json.loads(before_path.read_text())
+                break
     path = out / "REPORT.md"
     path.write_text("\n".join(_markdown(results, plots, before)) + "\n")
     return path
@@ -120,7 +135,7 @@ def _markdown(results: dict[str, Any], plots: list[str], before: dict[str, Any] 
             ("store raw serial insert_one /s (same store, same run)", h["raw_insert_one_per_sec"], "", ""),
             (
                 "ratio durable delivered / raw insert_one",
-                f"{_fmt(h['durable_ratio'], 2)}x",
+                _times(h["durable_ratio"]),
                 f">= {DURABLE_RATIO_TARGET:.1f}x",
                 _yes(h["durable_ratio"] >= DURABLE_RATIO_TARGET),
             ),
@@ -129,6 +144,19 @@ def _markdown(results: dict[str, Any], plots: list[str], before: dict[str, Any] 
                 h["p99_at_target_rate_ms"],
                 f"< {P99_TARGET_MS:g}",
                 _yes(h["p99_at_target_rate_ms"] < P99_TARGET_MS),
+            ),
+            (
+                f"notify-to-receive p99 at {P99_TARGET_RATE:g} msg/s (ms), WebSocket recipients",
+                h["notify_p99_at_target_rate_ms"],
+                f"< {P99_TARGET_MS:g}",
+                _yes(h["notify_p99_at_target_rate_ms"] < P99_TARGET_MS),
+            ),
+            (
+                f"long-poll answer-to-receive p99 at {P99_TARGET_RATE:g} msg/s (ms): the answer is the "
+                "notify and carries the messages",
+                h["poll_answer_p99_at_target_rate_ms"],
+                "",
+                "",
             ),
             (
                 "server RSS per idle connection (KB)",
@@ -144,13 +172,13 @@ def _markdown(results: dict[str, Any], plots: list[str], before: dict[str, Any] 
             ),
             (
                 "ours / bare Tornado (best delivered msg/s)",
-                f"{_fmt(ratio(h['ours_best_delivered_per_sec'], h['tornado_best']), 2)}x",
+                _times(ratio(h["ours_best_delivered_per_sec"], h["tornado_best"])),
                 "",
                 "",
             ),
             (
                 "ours / python-socketio (best delivered msg/s)",
-                f"{_fmt(ratio(h['ours_best_delivered_per_sec'], h['sio_best']), 2)}x",
+                _times(ratio(h["ours_best_delivered_per_sec"], h["sio_best"])),
                 "",
                 "",
             ),
@@ -174,27 +202,46 @@ def _markdown(results: dict[str, Any], plots: list[str], before: dict[str, Any] 
     md += _idle_section(results)
     md += _storm_section(results)
     md += _profile_section(results.get("profile", {}), before)
+    md += _durations_section(results)
     md += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     md += _method(sizes)
     return md
 
 
+def _phase_cpu(results: dict[str, Any], phase: str, name: str) -> float:
+    """Median CPU (cores) of ``name`` (server or store) over the samples of one phase of the run."""
+    values = sorted(
+        row[f"{name}_cpu"]
+        for row in results.get("timeline", [])
+        if row.get("phase") == phase and f"{name}_cpu" in row
+    )
+    return values[len(values) // 2] if values else math.nan
+
+
 def _limit_note(results: dict[str, Any]) -> list[str]:
-    """What bounds our delivery rate, in this run's numbers: store operations per delivered message."""
+    """What bounds our delivery rate, in this run's numbers: store operations per delivered message,
+    and how busy the server and the store were during the ladder (whichever is near a full core)."""
     steps = _steps(results, "ours")
     if not steps or not steps[0].get("store_ops_per_delivery"):
         return []
     best = max(steps, key=lambda s: s["delivered_per_sec"])
     per_msg = sum(best["store_ops_per_delivery"].values())
     raw = results.get("store_raw", {}).get("SecantusDB", {}).get("insert_one_per_sec", math.nan)
+    phase = "ours: 1:1 chat ladder"
+    server_cpu, store_cpu = _phase_cpu(results, phase, "server"), _phase_cpu(results, phase, "store")
     return [
         f"At its best step ours delivered {_fmt(best['delivered_per_sec'])} msg/s while the store executed "
         f"{_fmt(per_msg)} operations per delivered message ({_fmt(per_msg * best['delivered_per_sec'], 0)} "
-        f"operations/s; one serial insert_one runs at {_fmt(raw)}/s on the same store). The per-message "
-        "operations, most of them on the read side (pull and acknowledge of two inboxes), not the server's "
-        "CPU, bound the durable rate: see the operations table and the store's profile below.",
+        f"operations/s; one serial insert_one runs at {_fmt(raw)}/s on the same store). During the ladder "
+        f"the server used a median {_fmt(server_cpu, 2)} cores and the store {_fmt(store_cpu, 2)} (each "
+        "is one Python process: near 1.0 is that process's ceiling); see the operations table and the "
+        "profiles below.",
         "",
     ]
+
+
+def _times(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:,.2f}x"
 
 
 def _yes(ok: bool) -> str:
@@ -224,8 +271,12 @@ def _chat_section(results: dict[str, Any]) -> list[str]:
         "Clients in pairs, each sending to its partner, open loop at the offered aggregate rate. Latency: "
         "send call -> message in the recipient's callback. `delivered/s` counts deliveries inside the "
         "sending window; a step that delivers less than 85 % of what was offered is saturated and ends "
-        "the ladder. `skipped`: sends the generator did not issue because that sender already had "
-        "32 unanswered (the sign of saturation, instead of an unbounded queue).",
+        f"the ladder (ours is still measured at {P99_TARGET_RATE:g} msg/s, where the targets are set, "
+        "if it saturates below). After each step's window, receipts and deliveries get one drain "
+        "deadline; `late`: delivered after it (during the next step or the final drain; their latency is "
+        "in the percentiles), `lost`: never delivered. `skipped`: sends the generator did not issue "
+        "because that sender already had 8 unanswered (the sign of saturation, instead of an unbounded "
+        "queue).",
         "",
     ]
     for key, label in TARGETS:
@@ -243,6 +294,7 @@ def _chat_section(results: dict[str, Any]) -> list[str]:
                 "p99 ms",
                 "max ms",
                 "receipt p50 ms",
+                "late",
                 "lost",
                 "skipped",
                 "errors",
@@ -257,6 +309,7 @@ def _chat_section(results: dict[str, Any]) -> list[str]:
                     s["latency"]["p99_ms"],
                     s["latency"]["max_ms"],
                     s["receipt"]["p50_ms"],
+                    s.get("late", 0),
                     s["lost"],
                     s["skipped"],
                     sum(s["send_errors"].values()),
@@ -284,6 +337,7 @@ def _chat_section(results: dict[str, Any]) -> list[str]:
             "",
         ]
         md += _table(("offered/s", *OP_KINDS, "total"), op_rows)
+    md += _notify_table(ours, results.get("ours", {}).get("chat", {}).get("skipped_rates", []))
     rows = []
     for step in ours:
         row: list[Any] = [step["rate"], step["latency"]["p50_ms"], step["latency"]["p99_ms"]]
@@ -308,6 +362,63 @@ def _chat_section(results: dict[str, Any]) -> list[str]:
             ),
             rows,
         )
+    return md
+
+
+def _notify_table(steps: Sequence[dict[str, Any]], skipped_rates: Sequence[float]) -> list[str]:
+    """Ours: notify reaching the recipient's SDK -> message in its callback, per step and transport."""
+    if not any(step.get("notify_to_receive") for step in steps):
+        return []
+    md = [
+        "### Ours: notify-to-receive (recipient side)",
+        "",
+        "From the moment the recipient's SDK has the notify to the moment the message is in its callback. "
+        "WebSocket: notify frame read -> pull sent -> `msgs` answer -> callback, i.e. one pull round trip "
+        "plus queueing in the client and server. Long-poll: the poll's answer is the notify and already "
+        "carries the messages, so this is only the client's decoding (~0); its real cost is in the "
+        "end-to-end latency above (the next poll is a new request). Each message is timed from the first "
+        "notify that covered its seq; `before notify`: messages that came in a pull before their own "
+        "notify arrived (a pull woken by an earlier notify found them already stored), not timed.",
+        "",
+    ]
+    rows = []
+    for step in steps:
+        ws = step.get("notify_to_receive", {}).get("ws", {})
+        lp = step.get("notify_to_receive", {}).get("longpoll", {})
+        rows.append(
+            (
+                step["rate"],
+                ws.get("count", 0),
+                ws.get("p50_ms", math.nan),
+                ws.get("p90_ms", math.nan),
+                ws.get("p99_ms", math.nan),
+                ws.get("max_ms", math.nan),
+                lp.get("count", 0),
+                lp.get("p50_ms", math.nan),
+                lp.get("p99_ms", math.nan),
+                step.get("before_notify", 0),
+            )
+        )
+    md += _table(
+        (
+            "offered/s",
+            "WS msgs",
+            "WS p50 ms",
+            "WS p90 ms",
+            "WS p99 ms",
+            "WS max ms",
+            "long-poll msgs",
+            "long-poll p50 ms",
+            "long-poll p99 ms",
+            "before notify",
+        ),
+        rows,
+    )
+    if skipped_rates:
+        md += [
+            "Rates not run (past saturation): " + ", ".join(f"{r:g}" for r in skipped_rates) + " msg/s.",
+            "",
+        ]
     return md
 
 
@@ -367,25 +478,39 @@ def _idle_section(results: dict[str, Any]) -> list[str]:
         return []
     total = idle["ws"] + idle["longpoll"]
     b, ws, both, after = idle["before"], idle["with_ws"], idle["with_all"], idle["after"]
+    held = idle.get("after_hold", both)
     md = [
         "## Idle connections on one server process",
         "",
         f"{idle['ws']:,} WebSocket clients connect and authenticate, then {idle['longpoll']:,} long-poll "
         "clients park a poll; server RSS (VmRSS of /proc/<pid>/status) and open descriptors are read "
-        "before, after each phase and after every client left. Per connection = RSS delta / connections. "
-        "Client connections: established TCP connections on the server's port (from /proc/<pid>/net/tcp); "
-        "other descriptors are the store driver's pool, which grows under load and stays.",
+        "before, after each phase, after holding every connection idle for "
+        f"{_fmt(idle.get('hold_secs', 0), 0)} s and after every client left. Per connection = RSS delta / "
+        "connections. Client connections: established TCP connections on the server's port (from "
+        "/proc/<pid>/net/tcp); other descriptors are the store driver's pool. `ws` and `parked polls` "
+        "are the server's own gauges from `/metrics` (`im_connections{transport=\"ws\"}`, "
+        "`im_long_poll_waiters`): a phase ends when the server holds them, not when the clients say so.",
         "",
     ]
     md += _table(
-        ("phase", "server RSS MB", "descriptors", "client connections", "RSS per connection KB"),
+        (
+            "phase",
+            "server RSS MB",
+            "descriptors",
+            "client connections",
+            "ws",
+            "parked polls",
+            "RSS per connection KB",
+        ),
         [
-            ("before", b["rss_kb"] / 1024, b["fds"], b["clients"], ""),
+            ("before", b["rss_kb"] / 1024, b["fds"], b["clients"], b.get("ws"), b.get("lp_waiters"), ""),
             (
                 f"+ {idle['ws']:,} WebSocket",
                 ws["rss_kb"] / 1024,
                 ws["fds"],
                 ws["clients"],
+                ws.get("ws"),
+                ws.get("lp_waiters"),
                 (ws["rss_kb"] - b["rss_kb"]) / max(1, idle["ws"]),
             ),
             (
@@ -393,20 +518,58 @@ def _idle_section(results: dict[str, Any]) -> list[str]:
                 both["rss_kb"] / 1024,
                 both["fds"],
                 both["clients"],
+                both.get("ws"),
+                both.get("lp_waiters"),
                 (both["rss_kb"] - ws["rss_kb"]) / max(1, idle["longpoll"]),
             ),
-            ("all, per connection", "", "", "", (both["rss_kb"] - b["rss_kb"]) / max(1, total)),
-            ("after all left", after["rss_kb"] / 1024, after["fds"], after["clients"], ""),
+            (
+                f"after {_fmt(idle.get('hold_secs', 0), 0)} s idle",
+                held["rss_kb"] / 1024,
+                held["fds"],
+                held["clients"],
+                held.get("ws"),
+                held.get("lp_waiters"),
+                "",
+            ),
+            ("all, per connection", "", "", "", "", "", (both["rss_kb"] - b["rss_kb"]) / max(1, total)),
+            (
+                "after all left",
+                after["rss_kb"] / 1024,
+                after["fds"],
+                after["clients"],
+                after.get("ws"),
+                after.get("lp_waiters"),
+                "",
+            ),
         ],
     )
+    connect_secs = idle["ws_connect_secs"] + idle["lp_connect_secs"]
     md += [
-        f"Connecting took {_fmt(idle['ws_connect_secs'])} s (WebSocket) and "
-        f"{_fmt(idle['lp_connect_secs'])} s (long-poll); client connections were back to the baseline "
-        f"within {_fmt(idle['leave_secs'])} s of the clients leaving. "
-        f"Connect errors: {idle['connect_error_count']}; SDK reconnects while idle: "
-        f"{idle.get('client_reconnects', 0)} ({idle.get('workers', 1)} load-generator processes held the "
-        "clients). The load generators grew by "
-        f"{_fmt(idle['loadgen_rss_delta_kb'] / max(1, total))} KB per client (SDK client + its socket).",
+        f"Connecting took {_fmt(idle['ws_connect_secs'])} s for the WebSockets "
+        f"({_fmt(idle['ws'] / max(1e-9, idle['ws_connect_secs']), 0)}/s) and "
+        f"{_fmt(idle['lp_connect_secs'])} s until the server held every long-poll parked "
+        f"({_fmt(idle['longpoll'] / max(1e-9, idle['lp_connect_secs']), 0)}/s), "
+        f"{_fmt(connect_secs)} s in all, at most {idle.get('connect_concurrency', '?')} clients "
+        "connecting at a time; client connections were back to the baseline within "
+        f"{_fmt(idle['leave_secs'])} s of the clients leaving. Connect errors: "
+        f"{idle['connect_error_count']}. SDK reconnects: {idle.get('reconnects_after_ws', 0)} while the "
+        f"WebSockets connected, {idle.get('reconnects_after_connect', 0)} after the long-polls too, "
+        f"{idle.get('reconnects_after_hold', 0)} after the idle hold, {idle.get('client_reconnects', 0)} "
+        f"in all ({idle.get('workers', 1)} load-generator processes held the clients). The load "
+        f"generators grew by {_fmt(idle['loadgen_rss_delta_kb'] / max(1, total))} KB per client (SDK "
+        "client + its socket).",
+        "",
+        f"The idle long-polls ask for a {idle.get('poll_timeout_secs', 25)} s wait (the idle server's "
+        "`IM_LONG_POLL_MAX_SECS` allows it), longer than the whole phase, so each parks exactly once and "
+        "the figures are of parked polls. With the SDK's default 25 s, 5,000 long-polls would also "
+        "re-poll 200 times a second (a request, a token check and a pull each), which is load, not "
+        "idleness. An earlier version of this benchmark (2026-11-28) started every long-poll client at "
+        "once: 5,000 first polls queued at the server, most outlived the SDK's 10 s answer timeout and "
+        "were retried behind the abandoned ones (38,794 reconnects); and it waited for TCP connections "
+        "to reach 99 % of all clients, which polls that open a connection per request never all hold at "
+        "once, so the phase ran into its 600 s timeout (605 s) and its reading showed 10,000 client "
+        "connections: no long-poll parked at all. Now long-poll clients connect at the same bounded "
+        "concurrency as the WebSockets, and the phase ends on the server's `im_long_poll_waiters`.",
         "",
         "RSS after the clients left stays near its peak: CPython keeps freed memory in its arenas "
         "for reuse. The client-connection count is what shows that every socket was released (a long-poll "
@@ -457,15 +620,43 @@ def _storm_section(results: dict[str, Any]) -> list[str]:
     )
 
 
-def _profile_rows(prof: dict[str, Any], key: str) -> list[tuple[str, str]]:
-    return [(r["name"].replace("|", "/"), f"{r['share']:.1%}") for r in prof.get(key, [])]
+def _profile_rows(prof: dict[str, Any], key: str) -> list[tuple[str, float]]:
+    rows = [(r["name"].replace("|", "/"), r["share"]) for r in prof.get(key, [])]
+    if key == "inclusive":
+        # Older stored profiles kept the event-loop plumbing that is in every stack (~100 %).
+        rows = [r for r in rows if r[0].split(" (", 1)[0].rsplit(".", 1)[-1] not in LOOP_FRAMES]
+    return rows
+
+
+def _profile_label(data: dict[str, Any]) -> str:
+    load_rate = data.get("delivered_per_sec") or data.get("load", {}).get("delivered_per_sec")
+    return (
+        f"{data.get('rate', 0):g} msg/s offered, {_fmt(load_rate)} delivered, server busy "
+        f"{data.get('busy_share', math.nan):.0%} of one core"
+    )
+
+
+def _side_by_side(before: dict[str, Any] | None, after: dict[str, Any], key: str) -> list[str]:
+    """Rank by rank: the before run's function and share next to this run's."""
+    left = _profile_rows(before, key) if before else []
+    right = _profile_rows(after, key)
+    rows = []
+    for rank in range(max(len(left), len(right))):
+        b = left[rank] if rank < len(left) else ("", math.nan)
+        a = right[rank] if rank < len(right) else ("", math.nan)
+        rows.append((rank + 1, b[0], _pct(b[1]), a[0], _pct(a[1])))
+    return _table(("#", "before: function", "share", "after (this run): function", "share"), rows)
+
+
+def _pct(share: float) -> str:
+    return "" if math.isnan(share) else f"{share:.1%}"
 
 
 def _profile_section(prof: dict[str, Any], before: dict[str, Any] | None) -> list[str]:
     if not prof:
         return []
     md = [
-        "## Where the server's time goes (py-spy)",
+        "## Where the server's time goes (py-spy), before and after",
         "",
         f"py-spy sampled the server process at 200 Hz while the 1:1 chat ran at {prof.get('rate', 0):g} "
         "msg/s offered. Shares are of the samples in which the server was running Python (idle time is "
@@ -474,29 +665,39 @@ def _profile_section(prof: dict[str, Any], before: dict[str, Any] | None) -> lis
     ]
     if "error" in prof:
         return [*md, prof["error"], ""]
-    before_label = "before the performance work (an earlier run: original dedup query and counter upserts)"
-    for label, data in ((before_label, before), ("this run", prof)):
-        if not data:
-            continue
-        load_rate = data.get("delivered_per_sec") or data.get("load", {}).get("delivered_per_sec")
+    if before:
+        what = before.get("label") or "an earlier run: original dedup query and counter upserts"
         md += [
-            f"### {label}: {data.get('rate', 0):g} msg/s offered, {_fmt(load_rate)} delivered, "
-            f"server busy {data['busy_share']:.0%} of one core",
+            f"- **before** the performance work ({what}; stored in `bench/results/profile-before.json`, "
+            "written by `--profile-label before`): " + _profile_label(before),
+            "- **after**, this run: " + _profile_label(prof),
             "",
         ]
-        md += ["By layer:", "", *_table(("layer", "share"), _profile_rows(data, "layers"))]
-        md += ["Top functions by own time:", "", *_table(("function", "share"), _profile_rows(data, "self"))]
-        md += [
-            "Top functions including callees:",
-            "",
-            *_table(("function", "share"), _profile_rows(data, "inclusive")),
-        ]
+    else:
+        md += [f"This run: {_profile_label(prof)} (no stored before profile was found).", ""]
+    layers_before = dict(_profile_rows(before, "layers")) if before else {}
+    layers_after = dict(_profile_rows(prof, "layers"))
+    names = sorted(
+        set(layers_before) | set(layers_after),
+        key=lambda n: -max(layers_after.get(n, 0.0), layers_before.get(n, 0.0)),
+    )
+    md += ["By layer (a sample counts for the innermost frame of a known package):", ""]
+    md += _table(
+        ("layer", "before", "after (this run)"),
+        [(n, _pct(layers_before.get(n, math.nan)), _pct(layers_after.get(n, math.nan))) for n in names],
+    )
+    md += ["Top functions by own time:", "", *_side_by_side(before, prof, "self")]
+    md += [
+        "Top functions including callees (event-loop plumbing left out):",
+        "",
+        *_side_by_side(before, prof, "inclusive"),
+    ]
     store = prof.get("store")
     if store:
         rows = [
-            r
-            for r in _profile_rows(store, "inclusive")
-            if "secantus/" in r[0] and not r[0].startswith(("SecantusDBServer._handle_client", "dispatch"))
+            (name, _pct(share))
+            for name, share in _profile_rows(store, "inclusive")
+            if "secantus/" in name and not name.startswith(("SecantusDBServer._handle_client", "dispatch"))
         ]
         md += [
             f"### The store (SecantusDB) at the same time: {store['busy_share']:.0%} of one core sampled "
@@ -505,6 +706,17 @@ def _profile_section(prof: dict[str, Any], before: dict[str, Any] | None) -> lis
         ]
         md += _table(("store function (including callees)", "share"), rows)
     return md
+
+
+def _durations_section(results: dict[str, Any]) -> list[str]:
+    """Wall-clock seconds per part: the whole run is meant to take under ~10 minutes."""
+    parts = results.get("part_secs", {})
+    if not parts:
+        return []
+    total = results.get("wall_secs", sum(parts.values()))
+    md = ["## Where the run's time went", ""]
+    rows = [(label, secs, f"{secs / max(1e-9, total):.0%}") for label, secs in parts.items()]
+    return md + _table(("part", "seconds", "share"), [*rows, ("whole run", total, "100%")])
 
 
 def _method(sizes: dict[str, Any]) -> list[str]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -21,7 +23,11 @@ from imclient import Client
 
 __all__ = ["BenchClient", "ImTarget", "SioTarget", "Target", "TornadoTarget", "make_target"]
 
-OnMessage = Callable[[str, str], None]
+# (sender, body, notify): ``notify`` is (transport, ms from the notify reaching the SDK to this
+# callback) for our server, None when there was no notify before the message (or for the baselines).
+OnMessage = Callable[[str, str, "tuple[str, float] | None"], None]
+# Notifies remembered per client while their messages are pulled (a bound: one never matched is dropped).
+NOTIFY_MEMORY = 256
 # One send attempt of the baselines waits this long for its acknowledgement.
 BASELINE_CALL_TIMEOUT_SECS = 30.0
 
@@ -66,12 +72,25 @@ class ImTarget:
         device: str,
         on_message: OnMessage,
         http: tornado.httpclient.AsyncHTTPClient,
+        poll_timeout_secs: int | None = None,
     ) -> None:
         self.user = user
+        # (seq, monotonic ns, transport) of the notifies not yet matched to a delivered message.
+        notifies: deque[tuple[int, int, str]] = deque(maxlen=NOTIFY_MEMORY)
+
+        def noted(seq: int, via: str) -> None:
+            notifies.append((seq, time.monotonic_ns(), via))
 
         def deliver(message: dict[str, Any]) -> None:
+            # Notify-to-receive: the earliest notify that covers this seq (seqs only grow, so older
+            # notifies are of earlier entries). None: the message came in a pull before its notify.
+            now_ns = time.monotonic_ns()
+            seq = message.get("seq", 0)
+            while notifies and notifies[0][0] < seq:
+                notifies.popleft()
+            notify = (notifies[0][2], (now_ns - notifies[0][1]) / 1e6) if notifies else None
             if message.get("from") != user:  # the sender's own copy in its inbox is not a delivery
-                on_message(message["from"], message["body"])
+                on_message(message["from"], message["body"], notify)
 
         self.client = BenchClient(
             base_url,
@@ -81,16 +100,15 @@ class ImTarget:
             device=device,
             transport=transport,
             on_message=deliver,
+            on_notify=noted,
             http=http,
+            **({"poll_timeout_secs": poll_timeout_secs} if poll_timeout_secs else {}),
         )
 
     async def open(self) -> None:
-        # A long-poll client counts as connected once its first poll answers: that needs a message
-        # (or a whole poll timeout), so the scenarios start long-pollers and then send them one.
+        # Returns once a transport is up: the auth frame answered on WebSocket, the first poll (which
+        # does not wait) answered on long-poll; the long-poll client then parks its next poll.
         await self.client.start(timeout_secs=120.0)
-
-    def start_background(self) -> asyncio.Task[None]:
-        return asyncio.create_task(self.client.start(timeout_secs=120.0))
 
     async def send(self, to: str, body: str) -> None:
         await self.client.send(to, body)
@@ -129,7 +147,7 @@ class TornadoTarget:
                 break
             frame = msgpack.unpackb(message)
             if frame.get("t") == "msg":
-                self._on_message(frame["from"], frame["body"])
+                self._on_message(frame["from"], frame["body"], None)
             else:
                 future = self._pending.pop(frame.get("rid", 0), None)
                 if future is not None and not future.done():
@@ -171,7 +189,7 @@ class SioTarget:
         self.user = user
         self._url = base_url
         self._sio = socketio.AsyncClient(reconnection=False)
-        self._sio.on("msg", lambda data: on_message(data["from"], data["body"]))
+        self._sio.on("msg", lambda data: on_message(data["from"], data["body"], None))
 
     async def open(self) -> None:
         await self._sio.connect(self._url, auth={"user": self.user}, transports=["websocket"])
@@ -209,6 +227,7 @@ def make_target(
             device=client.get("device", "bench"),
             on_message=on_message,
             http=http,
+            poll_timeout_secs=client.get("poll_timeout_secs"),
         )
     if kind == "tornado":
         return TornadoTarget(base_url, client["user"], on_message=on_message)

@@ -75,6 +75,9 @@ _RETRYABLE_CODES = frozenset({"store_unavailable", "unavailable", "rate_limited"
 
 MessageCallback = Callable[[dict[str, Any]], Awaitable[None] | None]
 GapCallback = Callable[[dict[str, Any]], Awaitable[None] | None]
+# (seq, transport): a notify that wakes the pull arrived (WebSocket), or a poll answer with entries
+# (long-poll, whose answer is its own notify). For measuring notify-to-delivery time; must be cheap.
+NotifyHook = Callable[[int, str], None]
 
 
 class _Relogin(ImClientError):
@@ -152,7 +155,9 @@ class Client:
     on a failure the client moves on to the next one. ``on_message`` receives every inbox entry once,
     in seq order (the user's own sent messages included, as they are in the inbox); it may be a plain
     function or a coroutine function, and an exception from it is logged, not retried. ``after``
-    restores a cursor saved from an earlier run (``last_seq``).
+    restores a cursor saved from an earlier run (``last_seq``). ``on_notify(seq, transport)``, if
+    given, is called when a notify that wakes a pull arrives (or a long-poll answer with entries): the
+    benchmark times notify-to-delivery with it.
 
     Call :meth:`start` (logs in, registers first if ``register``, connects) and :meth:`close`.
     """
@@ -164,6 +169,7 @@ class Client:
         poll_timeout_secs: int = POLL_TIMEOUT_SECS, pull_limit: int = PULL_LIMIT,
         http: tornado.httpclient.AsyncHTTPClient | None = None, rand: random.Random | None = None,
         token: str | None = None, ack_interval_secs: float = ACK_INTERVAL_SECS,
+        on_notify: NotifyHook | None = None,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}")
@@ -175,6 +181,7 @@ class Client:
         self._password = password
         self.on_message = on_message
         self.on_gap = on_gap
+        self.on_notify = on_notify
         self.transport = transport
         self.ws_url = ws_url
         self._register = register
@@ -499,6 +506,8 @@ class Client:
                 kind = frame.get("t")
                 if kind == "notify":
                     if isinstance(frame.get("seq"), int) and frame["seq"] > self.last_seq:
+                        if self.on_notify is not None:
+                            self.on_notify(frame["seq"], "ws")
                         self._wake.set()
                 elif kind == "kicked":
                     self.stopped_reason = "kicked"
@@ -567,6 +576,9 @@ class Client:
             if not worked:
                 worked = True
                 self._set_connected("longpoll")
+            if self.on_notify is not None and isinstance(reply, dict) and reply.get("messages"):
+                seqs = [m.get("seq") for m in reply["messages"]]
+                self.on_notify(max((q for q in seqs if isinstance(q, int)), default=0), "longpoll")
             await self._absorb(reply)  # the next poll's `after` acknowledges what was delivered
         return worked
 

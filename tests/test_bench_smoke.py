@@ -52,6 +52,14 @@ def test_quick_run_writes_the_report_with_every_table(tmp_path: Path) -> None:
     assert "| SecantusDB |" in report
     for plot in ("chat.png", "timeline.png"):
         assert (out / plot).read_bytes().startswith(b"\x89PNG"), plot
-    # Every message offered in the smoke run was delivered: no step lost one.
-    chat_rows = [line for line in report.splitlines() if line.startswith("| ") and line.count("|") == 12]
+    for heading in ("### Ours: notify-to-receive", "## Where the run's time went"):
+        assert heading in report, heading
+    assert "notify-to-receive p99 at 1000 msg/s (ms)" in report
+    # The chat tables have 12 columns (offered/s ... loadgen CPU, with `late` and `lost`).
+    chat_rows = [line for line in report.splitlines() if line.startswith("| ") and line.count("|") == 13]
     assert chat_rows, "no chat rows"
+    # The storm's clients all caught up (a broken delivery callback shows here as 0).
+    storm = report.split("## Reconnect storm", 1)[1].split("\n## ", 1)[0]
+    storm_row = next(line for line in storm.splitlines() if line.startswith("| ") and line[2].isdigit())
+    cells = [c.strip() for c in storm_row.strip("|").split("|")]
+    assert cells[0] == cells[1], storm_row
