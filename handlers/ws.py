@@ -91,6 +91,10 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
         self._headers = tornado.httputil.HTTPHeaders()
 
     async def _open(self) -> None:
+        # Frames are small and latency is the point: with Nagle on (Tornado's default after the
+        # upgrade), a reply written while the previous frame is unacknowledged waits for the peer's
+        # delayed ACK, ~40 ms (measured: p90 notify-to-receive 45 ms at 100 msg/s).
+        self.set_nodelay(True)
         self.binary = self.get_query_argument("format", "json") == "msgpack"
         try:
             self.service.check_client(self.request.remote_ip or "")

@@ -472,6 +472,10 @@ class Client:
             log.info("%s: WebSocket unavailable at %s (%s); using long-poll", self.user, url, exc)
             self._ws_retry_at = time.monotonic() + WS_RETRY_AFTER_SECS
             return None
+        # Small frames, latency first: no Nagle / delayed-ACK stalls (~40 ms). Tornado exposes the flag on
+        # the connection's protocol object only.
+        if conn.protocol is not None:
+            conn.protocol.set_nodelay(True)
         ws = _WsConnection(conn)
         reader = asyncio.create_task(self._read_ws(ws))
         try:
