@@ -1,6 +1,6 @@
 """Run the whole benchmark and write ``bench/results/REPORT.md`` with PNG plots.
 
-    .venv/bin/python -m bench.run            # the full run (~10 minutes on 2 cores)
+    .venv/bin/python -m bench.run            # the full run (~5 minutes on 2 cores)
     .venv/bin/python -m bench.run --quick    # the smallest sizes (a smoke run, ~1 minute)
 
 One fresh SecantusDB (the embedded store, ``im/embedded.py``) serves the whole run: the raw insert

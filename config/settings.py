@@ -78,6 +78,8 @@ class Settings:
     )
     max_devices_per_user: int = _setting(20, "devices whose cursors are kept per user")
     commit_max_batch: int = _setting(256, "most messages written in one group-commit transaction")
+    commit_max_in_flight: int = _setting(
+        2, "group-commit transactions written at once (over disjoint inboxes: per-inbox order is kept)")
     ack_linger_secs: float = _setting(
         0.25, "acknowledgements (cursors, trims, delivered receipts) are written in batches this often")
     trim_interval_secs: float = _setting(
@@ -158,7 +160,8 @@ class Settings:
         """Refuse values that would make the server misbehave instead of failing later."""
         positive = (
             "long_poll_default_secs", "long_poll_max_secs", "pull_default_limit", "pull_max_limit",
-            "device_idle_secs", "max_devices_per_user", "commit_max_batch", "max_body_bytes",
+            "device_idle_secs", "max_devices_per_user", "commit_max_batch", "commit_max_in_flight",
+            "max_body_bytes",
             "max_frame_bytes", "max_text_chars", "jwt_ttl_secs", "store_timeout_secs",
             "ws_write_timeout_secs",
         )

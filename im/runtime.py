@@ -101,6 +101,7 @@ class Runtime:
                 presence=presence,
                 login_policy=settings.login_policy,
                 commit_max_batch=settings.commit_max_batch,
+                commit_max_in_flight=settings.commit_max_in_flight,
                 limits=limits_from(settings),
                 metrics=metrics,
                 webhooks=webhooks_from(settings, metrics),

@@ -105,7 +105,7 @@ class _PollWaiter:
 class MessagingService:
     def __init__(
         self, *, store: Store, inbox: InboxStore, tokens: TokenIssuer, hub: Hub, bus: Bus,
-        commit_max_batch: int = 256, limits: Limits | None = None,
+        commit_max_batch: int = 256, commit_max_in_flight: int = 1, limits: Limits | None = None,
         presence: Presence | None = None, login_policy: str = "multi",
         metrics: Metrics | None = None, webhooks: WebhookSender | None = None,
         conversations: Conversations | None = None,
@@ -118,7 +118,8 @@ class MessagingService:
         self.tokens = tokens
         self.hub = hub
         self.bus = bus
-        self.committer = GroupCommitter(self._write_and_notify, max_batch=commit_max_batch)
+        self.committer = GroupCommitter(self._write_and_notify, max_batch=commit_max_batch,
+                                        max_in_flight=commit_max_in_flight)
         self.limits = limits or Limits()
         self._acked: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()
         self._token_versions: OrderedDict[str, tuple[int, float]] = OrderedDict()
