@@ -98,6 +98,8 @@ def server_metrics(url: str) -> dict[str, float]:
         "im_long_poll_waiters": "lp_waiters",
         'im_connections{transport="ws"}': "ws",
         'im_connections{transport="longpoll"}': "longpoll",
+        'im_write_queue{kind="send"}': "send_queue",
+        'im_write_queue{kind="ack"}': "ack_queue",
     }
     found: dict[str, float] = {}
     for line in text.splitlines():

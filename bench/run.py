@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from bench import profile, report
 from bench.accounts import create_users, mint_tokens
-from bench.idle import measure_idle
+from bench.idle import measure_idle, server_metrics
 from bench.procs import (
     REPO_ROOT,
     Proc,
@@ -423,6 +423,8 @@ class Bench:
         if "group" in self.skip:
             return {"chat": chat}
         self.step(f"{target}: {s.group_size}-member group")
+        if target == "im":
+            self._wait_drained(url)
         mode = "group"
         group_name = "bench"
         if target == "im":
@@ -445,6 +447,17 @@ class Bench:
             s.group_secs + s.drain_secs * 2,
         )
         return {"chat": chat, "group": group}
+
+    def _wait_drained(self, url: str, timeout_secs: float = 60.0) -> None:
+        """Let the server write what a saturated ladder step left queued, so that the next scenario
+        measures itself, not the previous one's backlog (the server's own ``im_write_queue`` gauge)."""
+        deadline = time.monotonic() + timeout_secs
+        while time.monotonic() < deadline:
+            gauges = server_metrics(url)
+            if gauges.get("send_queue", 0) == 0 and gauges.get("ack_queue", 0) == 0:
+                return
+            time.sleep(0.5)
+        log.warning("the server still had writes queued after %.0f s; measuring anyway", timeout_secs)
 
     def _make_group(self, url: str, members: list[dict[str, Any]]) -> tuple[str, str]:
         """Create the group through the group API; ("", "direct") when the server has none."""

@@ -362,6 +362,10 @@ class InboxStore:
         """
         return await self._acks.submit(_Ack(user, device, upto, now or utcnow()))
 
+    @property
+    def acks_queued(self) -> int:
+        return self._acks.queued
+
     async def settle(self, user: str) -> None:
         """Write every acknowledgement queued so far, and ``user``'s trim if the trim interval put it
         off: its delivered receipts are then written (a read receipt must not overtake them)."""

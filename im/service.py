@@ -137,6 +137,11 @@ class MessagingService:
                            self._connections_by_transport, label="transport")
         self.metrics.gauge("im_long_poll_waiters", "Long-polls waiting on this node",
                            lambda: {"": float(self._poll_waiters)})
+        self.metrics.gauge("im_write_queue", "Sends and acknowledgements queued for the store on this node",
+                           self._write_queue, label="kind")
+
+    def _write_queue(self) -> dict[str, float]:
+        return {"send": float(self.committer.queued), "ack": float(self.inbox.acks_queued)}
 
     def _connections_by_transport(self) -> dict[str, float]:
         waiters = self._poll_waiters
