@@ -302,11 +302,6 @@ class InboxStore:
             doc = await self._store.trims.find_one({"_id": user})
         return 0 if doc is None else doc["trimmed"]
 
-    async def head(self, user: str) -> tuple[int, int, str]:
-        """``(head seq, trimmed floor, epoch)`` of ``user``'s inbox."""
-        head, epoch = await self._head_and_epoch(user)
-        return head, await self._trimmed(user), epoch
-
     async def pull(self, user: str, *, after: int, limit: int) -> PullResult:
         """Up to ``limit`` entries with seq > ``after``, in seq order.
 
