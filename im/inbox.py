@@ -69,6 +69,11 @@ class _Ack:
     now: datetime
 
 
+def _deferred_trim(user: str) -> _Ack:
+    """The batch item that runs a trim the trim interval put off (no cursor of its own)."""
+    return _Ack(user, None, 0, utcnow())
+
+
 @dataclass(slots=True)
 class _AckPlan:
     """What one batch of acknowledgements writes."""
@@ -367,7 +372,7 @@ class InboxStore:
         handle = self._retrims.pop(user, None)
         if handle is not None:
             handle.cancel()
-            await self._acks.submit(_Ack(user, None, 0, utcnow()))
+            await self._acks.submit(_deferred_trim(user))
         await self._acks.drain()
 
     async def close(self) -> None:
@@ -443,6 +448,10 @@ class InboxStore:
             devices[user][device] = CursorState(device, max(a.upto, stored.seq if stored else 0), a.now)
         plan = _AckPlan(latest=latest, floors=floors)
         forced = set(retrims)  # put off once already: due now whatever the interval says
+        # Each user's latest ack time, in one pass over the batch (it is the "now" of its idle check).
+        acked_at: dict[str, datetime] = {}
+        for (user, _), a in latest.items():
+            acked_at[user] = max(a.now, acked_at.get(user, a.now))
         for user, states in devices.items():
             by_recency = sorted(states.values(), key=lambda c: c.seen_at, reverse=True)
             kept, dropped = by_recency[:self._max_devices], by_recency[self._max_devices:]
@@ -450,8 +459,7 @@ class InboxStore:
                 log.info("user %s: forgetting %d least recently seen device cursor(s)", user, len(dropped))
                 plan.forget.extend(f"{user}/{c.device}" for c in dropped)
             plan.cursors.update({(user, c.device): c.seq for c in states.values()})
-            now = max((a.now for (u, _), a in latest.items() if u == user), default=utcnow())
-            floor = trim_floor(kept, now=now, idle_secs=self._device_idle_secs)
+            floor = trim_floor(kept, now=acked_at.get(user) or utcnow(), idle_secs=self._device_idle_secs)
             trimmed = floors.get(user, 0)
             if floor is not None and floor > trimmed and (user in forced or self._trim_due(user)):
                 plan.trims[user] = (trimmed, floor)
@@ -477,7 +485,7 @@ class InboxStore:
 
     def _retrim(self, user: str) -> None:
         del self._retrims[user]
-        task = asyncio.create_task(self._acks.submit(_Ack(user, None, 0, utcnow())))
+        task = asyncio.create_task(self._acks.submit(_deferred_trim(user)))
         self._retrim_tasks.add(task)
         task.add_done_callback(self._retrim_done)
 
