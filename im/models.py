@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,9 @@ class Draft:
     body: Any
     client_msg_id: str
     recipients: tuple[str, ...]
+    # Called with the receipt once the message is durable, before any notify of it is published: a
+    # sender's socket that takes its own entries from receipts is then not woken for them.
+    before_notify: Callable[[Receipt], None] | None = field(default=None, compare=False, repr=False)
 
     @property
     def dedup_key(self) -> tuple[str, str]:

@@ -248,11 +248,13 @@ class MessagingService:
         """
         return await (await self.queue_send(principal, request))
 
-    async def queue_send(self, principal: Principal, request: SendRequest) -> Awaitable[Receipt]:
+    async def queue_send(self, principal: Principal, request: SendRequest, *,
+                         before_notify: Callable[[Receipt], None] | None = None) -> Awaitable[Receipt]:
         """Check a send and queue it for the next group commit; await the result for the receipt.
 
         Sends are written in the order they were queued, so a transport that queues one client's
         frames in order (and awaits receipts concurrently) keeps that client's messages in order.
+        ``before_notify`` is called with the receipt once it is durable, before anyone is notified.
         """
         sender = principal.user
         if self.limits.sends_per_user is not None:
@@ -268,6 +270,7 @@ class MessagingService:
         draft = Draft(
             sender=sender, to=target.to, conv=target.conv, kind=request.kind,
             body=body, client_msg_id=request.client_msg_id, recipients=target.recipients,
+            before_notify=before_notify,
         )
         return self.committer.enqueue(draft)
 
@@ -308,6 +311,7 @@ class MessagingService:
         with self.metrics.commit_seconds.time():
             receipts = await self.inbox.append(drafts)
         self._after_write(drafts, receipts)
+        _tell_senders(drafts, receipts)
         heads: dict[str, int] = {}
         for receipt in receipts:
             if receipt.duplicate:
@@ -469,6 +473,17 @@ class MessagingService:
             except Exception as exc:
                 checks["bus"] = f"unavailable: {exc}"
         return checks
+
+
+def _tell_senders(drafts: Sequence[Draft], receipts: Sequence[Receipt]) -> None:
+    """Run the drafts' ``before_notify`` hooks (new messages only: a duplicate was notified when it
+    was first stored). A failing hook costs its sender a notify it would have skipped, nothing more."""
+    for draft, receipt in zip(drafts, receipts, strict=True):
+        if draft.before_notify is not None and not receipt.duplicate:
+            try:
+                draft.before_notify(receipt)
+            except Exception:
+                log.exception("a before_notify hook failed")
 
 
 def _cancel_swallowed() -> bool:

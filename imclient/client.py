@@ -153,7 +153,8 @@ class Client:
 
     ``urls`` are the base URLs of the nodes (``http://127.0.0.1:8888``); any node serves any user, so
     on a failure the client moves on to the next one. ``on_message`` receives every inbox entry once,
-    in seq order (the user's own sent messages included, as they are in the inbox); it may be a plain
+    in seq order (the user's own sent messages included, as they are in the inbox: on a WebSocket they
+    are taken from the send's receipt instead of being pulled back); it may be a plain
     function or a coroutine function, and an exception from it is logged, not retried. ``after``
     restores a cursor saved from an earlier run (``last_seq``). ``on_notify(seq, transport)``, if
     given, is called when a notify that wakes a pull arrives (or a long-poll answer with entries): the
@@ -209,6 +210,8 @@ class Client:
         self.stopped_reason: str | None = None
         self._ws: _WsConnection | None = None
         self._wake = asyncio.Event()
+        # One delivery path at a time (pull replies, own sends), so on_message sees seq order.
+        self._delivering = asyncio.Lock()
         self._closing = False
         self._ws_retry_at = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -308,6 +311,7 @@ class Client:
                     reply = await ws.call({"t": "send", **payload}, timeout)
                     reply.pop("t", None)
                     reply.pop("rid", None)
+                    await self._own_sent(reply, payload)
                     return reply
                 return await self.rest.call(self.base_url, "POST", "/api/v1/messages", body=payload,
                                             token=await self._token(), timeout_secs=timeout)
@@ -457,7 +461,8 @@ class Client:
 
     async def _open_ws(self) -> _WsConnection | None:
         """Connect and authenticate; ``None`` means "use long-poll instead" (auto mode only)."""
-        url = (self.ws_url or _ws_url_of(self.base_url)) + "?format=msgpack"
+        # echo=0: our own sends are not notified to this socket; _own_sent takes them from the receipts.
+        url = (self.ws_url or _ws_url_of(self.base_url)) + "?format=msgpack&echo=0"
         request = tornado.httpclient.HTTPRequest(url, connect_timeout=CONNECT_TIMEOUT_SECS,
                                                  request_timeout=CONNECT_TIMEOUT_SECS)
         try:
@@ -588,9 +593,34 @@ class Client:
 
     # -- delivery -------------------------------------------------------------------------------------
 
+    async def _own_sent(self, receipt: dict[str, Any], payload: dict[str, Any]) -> None:
+        """Our socket is not notified of our own sends (``echo=0``): take the entry from its receipt when
+        it directly follows the last seq held (no pull round trip); otherwise something else came in
+        between, so pull (the pull fetches both, in order). While a delivery is under way (this send may
+        come from inside ``on_message``) the entry is left to the pull as well: waiting for that delivery
+        to end would wait for ourselves."""
+        seq = receipt.get("sender_seq")
+        if not isinstance(seq, int) or seq <= self.last_seq:
+            return
+        if self._delivering.locked() or seq != self.last_seq + 1 or receipt.get("duplicate"):
+            self._wake.set()
+            return
+        async with self._delivering:  # free, so taken at once: nothing runs between the check and here
+            self.last_seq = seq
+            await self._call(self.on_message, {
+                "seq": seq, "msg_id": receipt.get("msg_id"), "conv": receipt.get("conv"), "from": self.user,
+                "to": receipt.get("to"), "kind": "text", "body": payload.get("body"),
+                "client_msg_id": receipt.get("client_msg_id"), "ts": receipt.get("ts"),
+            })
+        self._ack_soon()
+
     async def _absorb(self, reply: dict[str, Any]) -> bool:
         """Hand the new entries of one pull reply to ``on_message`` in seq order; False if the reply
         asks for nothing more (an empty page)."""
+        async with self._delivering:
+            return await self._absorb_reply(reply)
+
+    async def _absorb_reply(self, reply: dict[str, Any]) -> bool:
         epoch = reply.get("epoch")
         messages = reply.get("messages") or []
         if reply.get("gap") or (self.epoch is not None and epoch != self.epoch):

@@ -133,13 +133,13 @@ class Node:
 
     @contextlib.asynccontextmanager
     async def ws(self, token: str | None = None, *, binary: bool = False, header_auth: bool = False,
-                 origin: str | None = None) -> AsyncIterator[WsClient]:
+                 origin: str | None = None, echo: bool = True) -> AsyncIterator[WsClient]:
         headers = {}
         if header_auth and token:
             headers["Authorization"] = f"Bearer {token}"
         if origin:
             headers["Origin"] = origin
-        request = tornado.httpclient.HTTPRequest(self.ws_url, headers=headers)
+        request = tornado.httpclient.HTTPRequest(self.ws_url + ("" if echo else "?echo=0"), headers=headers)
         conn = await tornado.websocket.websocket_connect(request)
         client = WsClient(conn, binary=binary)
         try:

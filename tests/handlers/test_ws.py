@@ -35,6 +35,22 @@ async def test_send_notify_pull_ack(node: Node, binary: bool) -> None:
         assert await a.notify() == 1
 
 
+async def test_echo_off_socket_is_not_notified_of_its_own_sends(node: Node) -> None:
+    alice, bob = await node.user("alice"), await node.user("bob")
+    async with node.ws(alice, echo=False) as a, node.ws(alice) as other, node.ws(bob) as b:
+        sent = await a.send("bob", "mine", client_msg_id="e-1")
+        assert sent["sender_seq"] == 1
+        # Everyone else hears of it: bob, and alice's other socket (echo on by default).
+        assert await b.notify() == 1
+        assert await other.notify() == 1
+        # The sending socket does not: the first notify it gets is for bob's answer (seq 2).
+        await b.send("alice", "yours")
+        assert await a.notify() == 2
+        assert a.notifies.empty()
+        msgs = await a.pull(after=sent["sender_seq"])
+        assert [(m["seq"], m["from"], m["body"]) for m in msgs["messages"]] == [(2, "bob", "yours")]
+
+
 async def test_binary_replies_are_msgpack(node: Node) -> None:
     alice = await node.user("alice")
     async with node.ws(alice, binary=True) as a:

@@ -73,6 +73,65 @@ async def test_own_messages_come_back_through_the_senders_inbox(node: Node) -> N
         assert mine.messages[0]["seq"] == receipt["sender_seq"]
 
 
+async def test_own_sends_on_a_websocket_are_taken_from_their_receipts_not_pulled(node: Node) -> None:
+    sender_copy, other_device = Inbox(), Inbox()
+    await node.user("bob")  # offline: no acks, so no delivered receipts land in alice's inbox
+    async with client(node.base_url, "alice", sender_copy, transport="ws") as alice, \
+            client(node.base_url, "alice", other_device, transport="ws", device="tablet"):
+        delivered_before = node.service.metrics.messages_delivered._value.get()
+        receipts = [await alice.send("bob", f"m{i}") for i in range(5)]
+        await other_device.wait_for(5)
+        await asyncio.sleep(0.3)  # a pull by the sending device would show up now
+        # The sending device has its entries, identical to what the other device pulled, in order, once.
+        assert sender_copy.messages == other_device.messages
+        assert [m["seq"] for m in sender_copy.messages] == [r["sender_seq"] for r in receipts]
+        assert alice.last_seq == receipts[-1]["sender_seq"]
+        # Only the other device pulled them.
+        assert node.service.metrics.messages_delivered._value.get() - delivered_before == 5
+
+
+async def test_a_reply_sent_from_inside_on_message_arrives_in_order(node: Node) -> None:
+    """The SDK delivers one entry at a time; a send from the callback must not wait on that delivery."""
+    alice: Client | None = None
+    seen = Inbox()
+
+    async def echo_bot(message: dict[str, Any]) -> None:
+        seen(message)
+        if message["from"] == "bob":
+            assert alice is not None
+            await alice.send("bob", f"re: {message['body']}")
+
+    got = Inbox()
+    async with client(node.base_url, "bob", got, transport="ws") as bob, \
+            client(node.base_url, "alice", transport="ws") as alice_client:
+        alice = alice_client
+        alice.on_message = echo_bot
+        for i in range(3):  # one at a time: each reply's seq directly follows the question's
+            await bob.send("alice", f"q{i}")
+            await got.wait_for(i + 1, sender="alice", timeout=10)
+        assert got.bodies("alice") == ["re: q0", "re: q1", "re: q2"]
+        await seen.wait_for(3, sender="alice")
+        assert_in_seq_order_once(seen)
+        assert seen.bodies("bob") == ["q0", "q1", "q2"]
+
+
+async def test_own_receipt_that_does_not_follow_the_last_seq_wakes_a_pull() -> None:
+    got = Inbox()
+    sdk = Client("http://127.0.0.1:9", "alice", PASSWORD, on_message=got, after=3)
+    receipt = {"msg_id": "m", "client_msg_id": "c", "conv": "d:alice:bob", "to": "bob", "ts": 1,
+               "duplicate": False}
+    await sdk._own_sent({**receipt, "sender_seq": 5}, {"to": "bob", "body": "x"})
+    assert got.messages == [] and sdk.last_seq == 3 and sdk._wake.is_set()  # seq 4 is someone else's
+    sdk._wake.clear()
+    await sdk._own_sent({**receipt, "sender_seq": 4}, {"to": "bob", "body": "x"})
+    assert got.messages == [{"seq": 4, "msg_id": "m", "conv": "d:alice:bob", "from": "alice", "to": "bob",
+                             "kind": "text", "body": "x", "client_msg_id": "c", "ts": 1}]
+    assert sdk.last_seq == 4 and not sdk._wake.is_set()
+    await sdk._own_sent({**receipt, "sender_seq": 4}, {"to": "bob", "body": "x"})  # already held
+    assert len(got.messages) == 1
+    await sdk.close()
+
+
 async def test_falls_back_to_long_poll_when_the_websocket_port_is_closed(node: Node) -> None:
     got = Inbox()
     dead_ws = f"ws://127.0.0.1:{free_port()}/ws"
