@@ -57,6 +57,18 @@ def test_bad_tokens_are_refused(make) -> None:
         issuer().verify(make())
 
 
+def test_a_remembered_token_still_expires() -> None:
+    tokens = issuer(ttl=60)
+    # Expired 28 s ago: still accepted for 2 s thanks to the clock-skew leeway (30 s), then refused.
+    token, _ = tokens.issue(Principal("alice", "phone"), now=time.time() - 60 - 28)
+    assert tokens.verify(token) == Principal("alice", "phone")
+    assert tokens.verify(token) == Principal("alice", "phone")  # from the verified-token cache
+    time.sleep(2.5)
+    with pytest.raises(AuthError) as refused:
+        tokens.verify(token)
+    assert refused.value.code == "token_expired"
+
+
 def test_bearer_header_parsing() -> None:
     assert parse_bearer(None) == ""
     assert parse_bearer("Bearer abc") == "abc"
