@@ -364,12 +364,10 @@ class Client:
                 if self._ws_allowed():
                     ws = await self._open_ws()
                     if ws is not None:
-                        attempt = 0
                         await self._serve_ws(ws)
                         raise ConnectionFailed("WebSocket closed")
                 long_poll_worked = await self._serve_long_poll()
                 if long_poll_worked:
-                    attempt = 0
                     continue  # leaving long-poll to try the WebSocket again
                 raise ConnectionFailed("long-poll failed")
             except _Kicked:
@@ -391,6 +389,11 @@ class Client:
                 log.exception("%s: connection loop failed", self.user)
                 reason = error
             finally:
+                if self.connected_via is not None:
+                    # This round got through (a socket, or at least one poll): the next failure backs
+                    # off from scratch, however many failures came before it.
+                    attempt = 0
+                    long_poll_worked = long_poll_worked or self.connected_via == "longpoll"
                 self._set_disconnected()
             if self._closing:
                 break

@@ -191,6 +191,35 @@ async def test_reconnects_after_the_server_restarts(settings: Settings) -> None:
                 await first.stop()
 
 
+async def test_backoff_starts_over_after_long_polls_worked_again(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    attempts: list[int] = []
+
+    def quick_backoff(attempt: int, **_: Any) -> float:
+        attempts.append(attempt)
+        return 0.05
+
+    monkeypatch.setattr("imclient.client.backoff_delay", quick_backoff)
+    node: Node | None = await Node.start(settings)
+    try:
+        async with client(node.base_url, "bob", transport="longpoll", poll_timeout_secs=1) as bob:
+            for _ in range(2):  # two outages, with working polls in between
+                assert node is not None
+                await stop_node(node)
+                node = None
+                await asyncio.sleep(1.0)  # failing polls back off: attempts 0, 1, 2...
+                outage = len(attempts)
+                node = await Node.start(settings)
+                await asyncio.wait_for(bob.connected.wait(), 20)
+                await asyncio.sleep(1.5)  # at least one poll answered in full
+                attempts_of_outage = attempts[:outage]
+                assert attempts_of_outage[:3] == [0, 1, 2], attempts_of_outage
+                attempts.clear()
+    finally:
+        if node is not None:
+            await node.stop()
+
+
 async def test_rotates_to_a_live_node(node: Node) -> None:
     got = Inbox()
     dead = f"http://127.0.0.1:{free_port()}"
