@@ -210,6 +210,8 @@ class Client:
         self.stopped_reason: str | None = None
         self._ws: _WsConnection | None = None
         self._wake = asyncio.Event()
+        # The long-poll's own keep-alive connection (see imclient/longpoll.py).
+        self._poll = longpoll.PollConnection()
         # One delivery path at a time (pull replies, own sends), so on_message sees seq order.
         self._delivering = asyncio.Lock()
         self._closing = False
@@ -270,6 +272,7 @@ class Client:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self._poll.close()
         if self._own_http:
             self.rest.http.close()
 
@@ -570,11 +573,12 @@ class Client:
         worked = False
         while not self._closing:
             if worked and self.transport == "auto" and time.monotonic() >= self._ws_retry_at:
+                self._poll.close()  # the WebSocket is tried next: no idle connection left behind
                 return True
             # The first poll does not wait: it is the pull-on-connect, and it proves the node answers.
             wait_secs = self.poll_timeout_secs if worked else 0
             try:
-                reply = await longpoll.get_json(
+                reply = await self._poll.get_json(
                     self.base_url, "/api/v1/poll", token=await self._token(),
                     query={"after": self.last_seq, "timeout": wait_secs, "limit": self.pull_limit},
                     timeout_secs=wait_secs + POLL_GRACE_SECS,

@@ -1,10 +1,13 @@
-"""The long-poll GET on a plain asyncio stream, so that cancelling it closes its socket at once.
+"""The long-poll GET on a plain asyncio stream, kept alive between polls, closed at once when cancelled.
 
 tornado's ``AsyncHTTPClient`` cannot abort a request: a cancelled fetch keeps its connection open
 until the server answers (up to the poll timeout) and then logs an error. A client that closes, or a
 benchmark that stops hundreds of clients, must not leave waiting long-polls behind on the server, so
-the one request that waits uses this minimal HTTP/1.1 client (GET, ``Connection: close``,
-``Content-Length`` or read-to-end body); every other call goes through ``AsyncHTTPClient``.
+the one request that waits uses this minimal HTTP/1.1 client (GET, ``Content-Length`` or read-to-end
+body); every other call goes through ``AsyncHTTPClient``.
+
+The connection is reused from one poll to the next, as a browser does: a poll answered at every
+message would otherwise cost a TCP (and, over HTTPS, a TLS) handshake per message, on both ends.
 """
 
 from __future__ import annotations
@@ -18,48 +21,112 @@ from urllib.parse import urlencode, urlsplit
 from imclient.errors import ConnectionFailed
 from imclient.http import api_error
 
-__all__ = ["get_json"]
+__all__ = ["PollConnection"]
 
 # Status line plus headers of an answer; anything longer is not our server.
 MAX_HEADER_BYTES = 64 * 1024
+_NETWORK_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError)
 
 
-async def get_json(base_url: str, path: str, *, query: dict[str, Any], token: str,
-                   timeout_secs: float) -> Any:
-    """GET ``base_url + path`` and decode the JSON answer; errors as in :meth:`RestClient.call`."""
-    parts = urlsplit(base_url)
-    secure = parts.scheme == "https"
-    host = parts.hostname or "127.0.0.1"
-    port = parts.port or (443 if secure else 80)
-    target = (parts.path.rstrip("/") + path) + "?" + urlencode(query)
-    request = (
-        f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {token}\r\n"
-        "Accept: application/json\r\nConnection: close\r\n\r\n"
-    ).encode()
-    writer: asyncio.StreamWriter | None = None
-    try:
-        async with asyncio.timeout(timeout_secs):
-            reader, writer = await asyncio.open_connection(
-                host, port, ssl=ssl.create_default_context() if secure else None, limit=MAX_HEADER_BYTES)
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status, headers = _parse_head(head)
-            length = headers.get("content-length")
-            body = await (reader.readexactly(int(length)) if length and length.isdigit() else reader.read())
-    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError) as exc:
-        raise ConnectionFailed(f"GET {base_url}{path}: {type(exc).__name__}: {exc}") from None
-    finally:
-        if writer is not None:
-            writer.close()
-    data = None
-    if body:
+class PollConnection:
+    """One client's long-poll connection: at most one request at a time, reused while the server
+    keeps it open. Any failure or cancellation closes it; the next poll opens a new one."""
+
+    def __init__(self) -> None:
+        self._origin: tuple[str, str, int] | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        #: TCP connections opened so far (a test and the curious can see the reuse).
+        self.opened = 0
+
+    async def get_json(self, base_url: str, path: str, *, query: dict[str, Any], token: str,
+                       timeout_secs: float) -> Any:
+        """GET ``base_url + path`` and decode the JSON answer; errors as in :meth:`RestClient.call`."""
+        parts = urlsplit(base_url)
+        secure = parts.scheme == "https"
+        origin = (parts.scheme, parts.hostname or "127.0.0.1", parts.port or (443 if secure else 80))
+        target = (parts.path.rstrip("/") + path) + "?" + urlencode(query)
+        request = (
+            f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {token}\r\n"
+            "Accept: application/json\r\n\r\n"
+        ).encode()
         try:
-            data = json.loads(body)
-        except ValueError:
-            data = None
-    if status >= 400:
-        raise api_error(status, data, headers.get("retry-after"))
-    return data
+            async with asyncio.timeout(timeout_secs):
+                reused = self._writer is not None and self._origin == origin and not self._writer.is_closing()
+                if not reused:
+                    await self._open(origin)
+                try:
+                    status, headers, body = await self._exchange(request)
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    if not reused:
+                        raise
+                    # The server closed the idle connection as we reused it (nothing was answered):
+                    # a GET may be sent again, on a new connection.
+                    await self._open(origin)
+                    status, headers, body = await self._exchange(request)
+        except _NETWORK_ERRORS as exc:
+            self.close()
+            raise ConnectionFailed(f"GET {base_url}{path}: {type(exc).__name__}: {exc}") from None
+        except BaseException:
+            self.close()  # cancelled mid-request: the server must see the poll end now
+            raise
+        data = None
+        if body:
+            try:
+                data = json.loads(body)
+            except ValueError:
+                data = None
+        if status >= 400:
+            raise api_error(status, data, headers.get("retry-after"))
+        return data
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
+        self._origin = None
+
+    async def _open(self, origin: tuple[str, str, int]) -> None:
+        self.close()
+        scheme, host, port = origin
+        self._reader, self._writer = await asyncio.open_connection(
+            host, port, ssl=ssl.create_default_context() if scheme == "https" else None,
+            limit=MAX_HEADER_BYTES)
+        self._origin = origin
+        self.opened += 1
+
+    async def _exchange(self, request: bytes) -> tuple[int, dict[str, str], bytes]:
+        reader, writer = self._reader, self._writer
+        assert reader is not None and writer is not None
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status, headers = _parse_head(head)
+        length = headers.get("content-length")
+        if status in (204, 304):
+            body = b""
+        elif length is not None and length.isdigit():
+            body = await reader.readexactly(int(length))
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            body = await _read_chunked(reader)
+        else:
+            body = await reader.read()  # no length: the body ends with the connection
+            self.close()
+            return status, headers, body
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, headers, body
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    chunks = []
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        if size == 0:
+            while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, if any
+                pass
+            return b"".join(chunks)
+        chunks.append(await reader.readexactly(size))
+        await reader.readexactly(2)
 
 
 def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:

@@ -191,6 +191,17 @@ async def test_reconnects_after_the_server_restarts(settings: Settings) -> None:
                 await first.stop()
 
 
+async def test_long_polls_reuse_one_connection(node: Node) -> None:
+    got = Inbox()
+    async with client(node.base_url, "bob", got, transport="longpoll") as bob, \
+            client(node.base_url, "alice", transport="ws") as alice:
+        for i in range(5):  # each message answers bob's poll; the next poll goes out on the same socket
+            await alice.send("bob", f"m{i}")
+            await got.wait_for(i + 1, sender="alice")
+        assert got.bodies("alice") == [f"m{i}" for i in range(5)]
+        assert bob._poll.opened == 1
+
+
 async def test_backoff_starts_over_after_long_polls_worked_again(
         settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     attempts: list[int] = []
