@@ -118,7 +118,9 @@ class NaturalBatcher(Generic[Item, Result]):
 
     def _take(self) -> tuple[list[tuple[Item, asyncio.Future[Result]]], list[str]]:
         """The next batch, in queue order, and its keys. An item is taken only when it shares no key
-        with a batch in flight nor with an earlier item left queued (which keeps per-key order)."""
+        with a batch in flight nor with an earlier item left queued (which keeps per-key order).
+        Items sharing a key may go in the same batch: the batch writes them in queue order, and under
+        load that is what batching is for (several messages to one inbox cost one counter step)."""
         if self._keys_of is None:
             count = min(self._max_batch, len(self._queue))
             return [self._queue.popleft() for _ in range(count)], []
@@ -133,10 +135,10 @@ class NaturalBatcher(Generic[Item, Result]):
             item_keys = set(self._keys_of(entry[0]))
             if item_keys & blocked:
                 left.append(entry)
+                blocked |= item_keys  # whatever shares a key with an item left behind waits behind it
             else:
                 batch.append(entry)
                 keys.extend(item_keys)
-            blocked |= item_keys
         self._queue.extendleft(reversed(left))
         return batch, keys
 

@@ -74,3 +74,24 @@ async def test_one_in_flight_writes_everything_queued_meanwhile_as_one_batch() -
     store.gates[1].set()
     assert [await f for f in futures] == ["ok:p", "ok:q", "ok:r", "ok:s"]
     await b.drain()
+
+
+async def test_items_sharing_an_inbox_go_in_one_batch_in_queue_order() -> None:
+    store = Store()
+    b = batcher(store, max_in_flight=2)
+    first = asyncio.ensure_future(b.submit(("a", ("x",))))
+    await settle()
+    later = [asyncio.ensure_future(b.submit(item)) for item in
+             (("b", ("y", "x")), ("c", ("y",)), ("d", ("y", "z")), ("e", ("z",)))]
+    await settle()
+    # b shares x with a in flight, so it waits; c, d and e share an inbox with an item waiting before
+    # them, so they wait too (nothing overtakes within an inbox).
+    assert store.started == [["a"]]
+    store.gates[0].set()
+    await settle()
+    # Then they go together, in queue order: several messages to one inbox share one batch (and one
+    # counter step per inbox), instead of one batch each.
+    assert store.started[1] == ["b", "c", "d", "e"]
+    store.gates[1].set()
+    assert await first == "ok:a"
+    assert [await f for f in later] == ["ok:b", "ok:c", "ok:d", "ok:e"]
