@@ -61,10 +61,6 @@ class EmbeddedMongo:
         command = [
             sys.executable, "-m", "secantus", "--host", self.host, "--port", str(self.port),
             "--storage-path", str(self.storage_path), "--log-level", "WARNING",
-            # One node, so no replica-set advertisement: that mode exists for change streams (unused
-            # here) and makes every write append an oplog entry too. Transactions stay atomic
-            # (tests/im/test_inbox.py); a batch of 50 messages commits 10-15% faster without the oplog.
-            "--standalone",
         ]
         if self.sync_on_commit:
             # SecantusDB accepts j:true but, like mongod's default, does not fsync its log at commit
