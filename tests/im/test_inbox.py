@@ -6,6 +6,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pymongo.errors import DuplicateKeyError
 
 from im.errors import InvalidInput
 from im.inbox import CursorState, InboxStore, trim_floor
@@ -148,3 +149,17 @@ async def test_same_client_msg_id_racing_from_two_nodes_is_stored_once(store: St
     assert await store.messages.count_documents({}) == 5
     page = await node_a.pull("b", after=0, limit=50)
     assert [m["seq"] for m in page.messages] == [1, 2, 3, 4, 5]
+
+
+async def test_a_batch_that_fails_inside_its_transaction_leaves_nothing_behind(
+        inbox: InboxStore, store: Store) -> None:
+    await inbox.append([draft("a", "b", "1")])
+    # An entry nobody allocated sits where b's next one goes: the next batch fails at its inbox insert,
+    # after its counter steps and its archive document were written in the same transaction.
+    await store.inbox.insert_one({"user": "b", "seq": 2, "msg": "planted"})
+    with pytest.raises(DuplicateKeyError):
+        await inbox.append([draft("a", "b", "2")])
+    # Rolled back as a whole: no counter moved, no archive document, no entry in a's inbox.
+    assert {d["_id"]: d["seq"] async for d in store.counters.find({})} == {"a": 1, "b": 1}
+    assert await store.messages.count_documents({}) == 1
+    assert await store.inbox.count_documents({"user": "a"}) == 1
