@@ -89,7 +89,9 @@ class ImTarget:
             while notifies and notifies[0][0] < seq:
                 notifies.popleft()
             notify = (notifies[0][2], (now_ns - notifies[0][1]) / 1e6) if notifies else None
-            if message.get("from") != user:  # the sender's own copy in its inbox is not a delivery
+            # Not deliveries: the sender's own copy in its inbox, and delivered receipts (entries of kind
+            # "receipt", whose body is a status, not a chat message).
+            if message.get("from") != user and message.get("kind") != "receipt":
                 on_message(message["from"], message["body"], notify)
 
         self.client = BenchClient(
