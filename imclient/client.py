@@ -396,7 +396,6 @@ class Client:
                     # This round got through (a socket, or at least one poll): the next failure backs
                     # off from scratch, however many failures came before it.
                     attempt = 0
-                    long_poll_worked = long_poll_worked or self.connected_via == "longpoll"
                 self._set_disconnected()
             if self._closing:
                 break
