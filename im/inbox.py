@@ -1,10 +1,17 @@
 """Per-user inboxes: atomic seq allocation with the write, bounded pulls, device cursors and trimming.
 
-Why one transaction per batch: the counter ``$inc``, the archive documents and the inbox entries commit
-together. A seq is therefore never allocated without its entry (no hole a puller could skip, no gap
-after a crash), and a concurrent writer to the same inbox conflicts on the counter document and is
-retried by the driver, so entries become visible strictly in seq order. Many concurrent sends share one
-transaction (see ``im/committer.py``), which is what makes the store's per-write cost affordable.
+An inbox is an index over the archive, not a collection of its own: each archived message carries one
+key per recipient, ``inbox_key(user, seq)``, in a unique multikey index. Why: a message is then one
+document however many inboxes it enters (a one-to-one message used to cost an archive document and two
+entry documents, and later two deletes), and trimming an inbox is moving its floor, not deleting
+documents. The archive keeps every message anyway, so nothing is stored twice.
+
+Why one transaction per batch: the counter ``$inc`` and the archive documents with their inbox keys
+commit together. A seq is therefore never allocated without its entry (no hole a puller could skip, no
+gap after a crash). Keys are never deleted, so the unique index also refuses a seq that was ever given:
+a writer with a wrong idea of a head fails and reads the heads instead of reusing a seq. Many
+concurrent sends share one transaction (see ``im/committer.py``), which is what makes the store's
+per-write cost affordable.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import Any
 
 import pymongo
 from bson import ObjectId
-from pymongo import ASCENDING, DeleteMany, UpdateOne
+from pymongo import UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.read_concern import ReadConcern
@@ -30,7 +37,17 @@ from im.crypto import KeyRing
 from im.errors import ImError, InvalidInput, StoreUnavailable
 from im.inbox_cache import InboxCache
 from im.models import AckResult, Draft, PullResult, Receipt
-from im.store import Store, dedup_key, is_duplicate_key_only, new_epoch, store_errors, utcnow
+from im.store import (
+    INBOX_KEY_FIELD,
+    Store,
+    dedup_key,
+    inbox_key,
+    inbox_key_conflict,
+    is_duplicate_key_only,
+    new_epoch,
+    store_errors,
+    utcnow,
+)
 
 __all__ = ["CursorState", "InboxStore", "TrimHook", "TrimmedEntry", "trim_floor"]
 
@@ -115,10 +132,17 @@ def trim_floor(cursors: Iterable[CursorState], *, now: datetime, idle_secs: floa
     return min(active) if active else None
 
 
+# What a pull reads of an archived message: its fields, and of its recipients only the reader.
+def _entry_projection(user: str) -> dict[str, Any]:
+    return {"conv": 1, "from": 1, "to": 1, "kind": 1, "body": 1, "cmid": 1, "ts": 1,
+            "rcpt": {"$elemMatch": {"u": user}}}
+
+
 def _entry_to_message(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """An archived message as ``user``'s inbox entry (read with ``_entry_projection(user)``)."""
     return {
-        "seq": doc["seq"],
-        "msg_id": str(doc["msg"]),
+        "seq": doc["rcpt"][0]["s"],
+        "msg_id": str(doc["_id"]),
         "conv": doc["conv"],
         "from": doc["from"],
         "to": doc["to"],
@@ -171,7 +195,7 @@ class InboxStore:
     # -- write ----------------------------------------------------------------------------------------
 
     async def append(self, drafts: Sequence[Draft]) -> list[Receipt]:
-        """Durably store ``drafts`` (archive + one inbox entry per recipient) and return their receipts.
+        """Durably store ``drafts`` (archived with one inbox key per recipient) and return their receipts.
 
         Receipts are in the order of ``drafts``. A draft whose (sender, client_msg_id) was stored before,
         or earlier in the same batch, gets the original receipt with ``duplicate=True`` and stores nothing.
@@ -229,24 +253,28 @@ class InboxStore:
             heads, epochs = await _claim_seqs(store, per_inbox, session, known)
             next_seq = {user: heads[user] - n + 1 for user, n in per_inbox.items()}
             archive: list[dict[str, Any]] = []
-            entries: list[dict[str, Any]] = []
             receipts: dict[tuple[str, str], Receipt] = {}
             for draft, msg_id, body in zip(drafts, msg_ids, bodies, strict=True):
                 seqs: dict[str, int] = {}
                 for user in draft.recipients:
                     seqs[user] = next_seq[user]
                     next_seq[user] += 1
-                common = {"conv": draft.conv, "from": draft.sender, "to": draft.to, "kind": draft.kind,
-                          "body": body, "cmid": draft.client_msg_id, "ts": now}
-                archive.append({"_id": msg_id, **common, "dk": dedup_key(*draft.dedup_key),
-                                "rcpt": [{"u": u, "s": s} for u, s in seqs.items()]})
-                entries.extend({"user": u, "seq": s, "msg": msg_id, **common} for u, s in seqs.items())
+                archive.append({
+                    "_id": msg_id, "conv": draft.conv, "from": draft.sender, "to": draft.to,
+                    "kind": draft.kind, "body": body, "cmid": draft.client_msg_id, "ts": now,
+                    "dk": dedup_key(*draft.dedup_key), "rcpt": [{"u": u, "s": s} for u, s in seqs.items()],
+                    INBOX_KEY_FIELD: [inbox_key(u, s) for u, s in seqs.items()],
+                })
                 receipts[draft.dedup_key] = Receipt(
                     msg_id=str(msg_id), client_msg_id=draft.client_msg_id, conv=draft.conv, to=draft.to,
                     ts=_ms(now), seqs=seqs,
                 )
-            await store.messages.insert_many(archive, ordered=True, session=session)
-            await store.inbox.insert_many(entries, ordered=True, session=session)
+            try:
+                await store.messages.insert_many(archive, ordered=True, session=session)
+            except BulkWriteError as exc:
+                if inbox_key_conflict(exc):
+                    raise StaleHeads from None  # a seq we gave is taken: the heads we knew were old
+                raise
             return receipts, epochs
 
         # Heads this node knows for sure (single node) are not read, only checked (see _claim_seqs).
@@ -257,12 +285,17 @@ class InboxStore:
         try:
             receipts, epochs = await self._transaction("storing messages", write)
         except StaleHeads:
+            if not known:
+                raise _heads_disagree(per_inbox) from None
             log.warning("inbox heads of a batch were not the cached ones; reading them (another writer?)")
             assert self.cache is not None
             for user in known:
                 self.cache.forget(user)
             known = {}
-            receipts, epochs = await self._transaction("storing messages", write)
+            try:
+                receipts, epochs = await self._transaction("storing messages", write)
+            except StaleHeads:
+                raise _heads_disagree(per_inbox) from None
         if self.cache is not None:
             self._cache_committed(drafts, receipts, epochs)
         return receipts
@@ -300,9 +333,10 @@ class InboxStore:
         return doc["seq"], doc["epoch"]
 
     async def _trimmed(self, user: str) -> int:
-        """The inbox floor: every entry <= it was deleted. Kept apart from the counter on purpose: the
-        counter is written only by send transactions, so acks never conflict with them (a floor kept in
-        the counter made every ack collide with the group-commit transaction under load)."""
+        """The inbox floor: every entry <= it was trimmed (every active device holds it). Kept apart from
+        the counter on purpose: the counter is written only by send transactions, so acks never conflict
+        with them (a floor kept in the counter made every ack collide with the group-commit transaction
+        under load)."""
         async with store_errors("reading an inbox floor"):
             doc = await self._store.trims.find_one({"_id": user})
         return 0 if doc is None else doc["trimmed"]
@@ -311,8 +345,9 @@ class InboxStore:
         """Up to ``limit`` entries with seq > ``after``, in seq order.
 
         The range is bounded on both sides by the counter (SecantusDB reads every match before limiting).
-        Writes are transactional, so an inbox has no holes: a range that does not start at ``after + 1``
-        was trimmed, and only then is the floor read (the common pull costs two reads).
+        A device behind the floor (it was idle while the others acknowledged) gets ``gap``: it should
+        reload history, then go on from the floor. The floor and the range are read together; the floor
+        only rises, and trimming deletes nothing, so a range read before a trim is still whole.
         """
         cache = self.cache
         known = None if cache is None else cache.head(user)
@@ -326,17 +361,20 @@ class InboxStore:
             page = cache.serve(user, after=after, limit=limit, head=head, epoch=epoch)
             if page is not None:
                 return page
-        gap = after > head
-        start = await self._trimmed(user) if gap else after
-        docs = await self._range(user, start, min(start + limit, head))
-        if start < head and (not docs or docs[0]["seq"] != start + 1):
-            gap = True  # entries after `start` were trimmed before this device got them
-            start = max(start, await self._trimmed(user))
+        if after > head:
+            floor, docs = await self._trimmed(user), []
+        else:
+            floor, docs = await asyncio.gather(
+                self._trimmed(user), self._range(user, after, min(after + limit, head)))
+        gap = after > head or after < floor
+        start = floor if gap else after
+        if start != after:
             docs = await self._range(user, start, min(start + limit, head))
         end = min(start + limit, head)
         if end <= start:
             return PullResult(messages=[], next=start, head=head, epoch=epoch, gap=gap, more=False)
         messages = [_entry_to_message(d) for d in docs]
+        messages.sort(key=lambda m: m["seq"])
         if self.cipher is not None:
             for message in messages:
                 message["body"] = await self.cipher.open(message["conv"], message["body"])
@@ -345,12 +383,14 @@ class InboxStore:
         return PullResult(messages=messages, next=end, head=head, epoch=epoch, gap=gap, more=end < head)
 
     async def _range(self, user: str, start: int, end: int) -> list[dict[str, Any]]:
+        """The archived messages of ``user``'s inbox with seq in (start, end], in no particular order."""
         if end <= start:
             return []
         async with store_errors("pulling an inbox"):
-            return await self._store.inbox.find(
-                {"user": user, "seq": {"$gt": start, "$lte": end}}
-            ).sort("seq", ASCENDING).to_list(end - start)
+            return await self._store.messages.find(
+                {INBOX_KEY_FIELD: {"$gt": inbox_key(user, start), "$lte": inbox_key(user, end)}},
+                _entry_projection(user),
+            ).to_list(end - start)
 
     # -- acknowledge and trim -------------------------------------------------------------------------
 
@@ -496,7 +536,7 @@ class InboxStore:
             log.warning("a deferred inbox trim failed: %s", task.exception())
 
     async def _write_acks(self, plan: _AckPlan) -> dict[str, ImError]:
-        """Delivered receipts first, then cursors, floors and deletes in one transaction.
+        """Delivered receipts first, then cursors and floors in one transaction.
 
         Returns the users whose receipts could not be written: nothing of theirs is trimmed (the next
         ack tries again), and their acks hear why.
@@ -529,14 +569,10 @@ class InboxStore:
             if plan.forget:
                 await store.cursors.delete_many({"_id": {"$in": plan.forget}}, session=session)
             if plan.trims:
-                # Floors before deletes: were they ever apart, the error would be towards reporting a
-                # gap, never towards silently missing entries.
+                # Trimming is raising the floor: the entries stay in the archive, out of the inbox.
                 await store.trims.bulk_write(
                     [UpdateOne({"_id": u}, {"$max": {"trimmed": high}}, upsert=True)
                      for u, (_, high) in plan.trims.items()], ordered=False, session=session)
-                await store.inbox.bulk_write(
-                    [DeleteMany({"user": u, "seq": {"$gt": low, "$lte": high}})
-                     for u, (low, high) in plan.trims.items()], ordered=False, session=session)
 
         if plan.latest or plan.trims:
             await self._transaction("acknowledging", write)
@@ -568,14 +604,15 @@ class InboxStore:
     async def _entries_between(self, user: str, low: int, high: int) -> list[TrimmedEntry]:
         """The entries with seq in (low, high], read in pages bounded on both sides."""
         entries: list[TrimmedEntry] = []
-        projection = {"msg": 1, "conv": 1, "from": 1, "kind": 1}
+        projection = {"conv": 1, "from": 1, "kind": 1}
         for start in range(low, high, TRIM_READ_PAGE):
             end = min(start + TRIM_READ_PAGE, high)
             async with store_errors("reading entries to trim"):
-                docs = await self._store.inbox.find(
-                    {"user": user, "seq": {"$gt": start, "$lte": end}}, projection
+                docs = await self._store.messages.find(
+                    {INBOX_KEY_FIELD: {"$gt": inbox_key(user, start), "$lte": inbox_key(user, end)}},
+                    projection,
                 ).to_list(end - start)
-            entries.extend(TrimmedEntry(str(d["msg"]), d["conv"], d["from"], d["kind"]) for d in docs)
+            entries.extend(TrimmedEntry(str(d["_id"]), d["conv"], d["from"], d["kind"]) for d in docs)
         return entries
 
 def _with_duplicate(receipt: Receipt) -> Receipt:
@@ -583,6 +620,15 @@ def _with_duplicate(receipt: Receipt) -> Receipt:
         msg_id=receipt.msg_id, client_msg_id=receipt.client_msg_id, conv=receipt.conv, to=receipt.to,
         ts=receipt.ts, seqs=receipt.seqs, duplicate=True,
     )
+
+
+def _heads_disagree(per_inbox: Mapping[str, int]) -> StoreUnavailable:
+    """Seqs read from the counters under their lock were taken anyway: counters and inbox keys
+    disagree (a counter restored or recreated apart from the archive). Nothing is written, and the
+    sends fail, rather than a seq being given twice."""
+    log.error("inbox counters are behind the archive's inbox keys for some of %s; refusing to write",
+              sorted(per_inbox)[:10])
+    return StoreUnavailable("the message store's inbox counters disagree with its archive; retry later")
 
 
 class StaleHeads(Exception):

@@ -21,6 +21,7 @@ import tornado.websocket
 
 from config import Settings
 from im.runtime import Runtime
+from im.store import INBOX_KEY_FIELD, Store, inbox_key
 
 PASSWORD = "correct horse battery"
 _ids = itertools.count(1)
@@ -217,3 +218,16 @@ async def drain_inbox(node: Node, token: str, after: int = 0) -> tuple[list[dict
         after = response.body["next"]
         if not response.body["more"]:
             return messages, after
+
+
+async def untrimmed_seqs(store: Store, user: str) -> list[int]:
+    """The seqs of ``user``'s inbox that are not trimmed, read from the store itself: the archive's
+    inbox keys of ``user`` above the inbox floor."""
+    floor_doc = await store.trims.find_one({"_id": user})
+    floor = floor_doc["trimmed"] if floor_doc else 0
+    # '0' sorts right after '/', the separator of inbox keys: the bound covers all of user's keys.
+    docs = await store.messages.find(
+        {INBOX_KEY_FIELD: {"$gt": inbox_key(user, floor), "$lt": f"{user}0"}},
+        {"rcpt": {"$elemMatch": {"u": user}}},
+    ).to_list(None)
+    return sorted(d["rcpt"][0]["s"] for d in docs)

@@ -35,7 +35,7 @@ from tests.reliability_report import record
 
 ROOT = Path(__file__).resolve().parents[1]
 FUZZ_EXAMPLES = int(os.environ.get("IM_FUZZ_EXAMPLES", "300"))
-COUNTED = ("users", "messages", "inbox", "counters", "relations", "groups")
+COUNTED = ("users", "messages", "counters", "relations", "groups")
 
 # -- strategies ---------------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from tests.helpers import Node
 async def _snapshot(node: Node) -> dict[str, int]:
     store = node.service.store
     return {name: await getattr(store, name).count_documents({})
-            for name in ("users", "messages", "inbox", "cursors")}
+            for name in ("users", "messages", "counters", "trims", "cursors")}
 
 
 @pytest.mark.parametrize(("body", "status", "code", "field"), [
