@@ -49,6 +49,8 @@ TICK_SECS = 0.002
 CONNECT_CONCURRENCY = 200
 # A step counts as saturated when less than this share of what was offered was delivered in time.
 SATURATED_BELOW = 0.85
+# The last part of a step's sending window in which its delivery rate is measured (steady state).
+STEADY_SHARE = 0.5
 
 
 def make_body(msg_id: str, pad_chars: int) -> str:
@@ -123,6 +125,10 @@ class Router:
     def new(self, prefix: str) -> Recorder:
         self.recorder = self.recorders[prefix] = Recorder(prefix)
         return self.recorder
+
+    def delivered_between(self, start: float, end: float) -> int:
+        """Deliveries of any step's messages that arrived between ``start`` and ``end``."""
+        return sum(r.delivered_between(start, end) for r in self.recorders.values())
 
     def on_message(self, sender: str, body: str, notify: tuple[str, float] | None = None) -> None:
         _, _, rest = body.partition(":")
@@ -261,9 +267,14 @@ async def run_step(
     await recorder.wait_delivered(recorder.sent_ok * fanout, deadline - time.monotonic())
     ops_after = await counters.read() if counters else {}
     window = end - start
-    delivered_in_window = recorder.delivered_between(start, end)
+    # The delivery rate is measured over the window's second half, whoever sent the messages: in
+    # steady state that is the throughput. Counting only this step's deliveries inside the whole window
+    # (kept below as `own_in_window`) misses the messages sent during its last latency's worth of
+    # seconds, so it reported a step that delivered everything 0.6 s after sending as "saturated".
+    steady_from = start + window * (1 - STEADY_SHARE)
+    delivered_rate = router.delivered_between(steady_from, end) / (end - steady_from)
+    own_in_window_rate = recorder.delivered_between(start, end) / window
     offered_deliveries = rate * fanout
-    delivered_rate = delivered_in_window / window
     step = {
         "prefix": prefix,
         "rate": rate,
@@ -273,6 +284,7 @@ async def run_step(
         "offered_deliveries_per_sec": offered_deliveries,
         "skipped": recorder.skipped,
         "delivered_per_sec": delivered_rate,
+        "own_in_window_per_sec": own_in_window_rate,
         "loadgen_cpu_share": (time.process_time() - cpu_before) / max(1e-9, time.monotonic() - start),
         "saturated": delivered_rate < SATURATED_BELOW * offered_deliveries,
         "store_ops_per_delivery": {
