@@ -55,9 +55,14 @@ def test_quick_run_writes_the_report_with_every_table(tmp_path: Path) -> None:
     for heading in ("### Ours: notify-to-receive", "## Where the run's time went"):
         assert heading in report, heading
     assert "notify-to-receive p99 at 1000 msg/s (ms)" in report
-    # The chat tables have 12 columns (offered/s ... loadgen CPU, with `late` and `lost`).
-    chat_rows = [line for line in report.splitlines() if line.startswith("| ") and line.count("|") == 13]
+    # The chat tables have 13 columns (offered/s, delivered/s, own in window/s ... loadgen CPU).
+    chat_rows = [line for line in report.splitlines() if line.startswith("| ") and line.count("|") == 14]
     assert chat_rows, "no chat rows"
+    # Every measured step delivered something, by both measures.
+    for row in chat_rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        if cells[0][0].isdigit():
+            assert float(cells[1].replace(",", "")) > 0 and float(cells[2].replace(",", "")) > 0, row
     # The storm's clients all caught up (a broken delivery callback shows here as 0).
     storm = report.split("## Reconnect storm", 1)[1].split("\n## ", 1)[0]
     storm_row = next(line for line in storm.splitlines() if line.startswith("| ") and line[2].isdigit())
