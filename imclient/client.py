@@ -34,7 +34,7 @@ import msgpack
 import tornado.httpclient
 import tornado.websocket
 
-from imclient import longpoll
+from imclient import keepalive
 from imclient.backoff import backoff_delay
 from imclient.errors import ApiError, ClientClosed, ConnectionFailed, ImClientError, SendFailed
 from imclient.http import RestClient
@@ -210,8 +210,10 @@ class Client:
         self.stopped_reason: str | None = None
         self._ws: _WsConnection | None = None
         self._wake = asyncio.Event()
-        # The long-poll's own keep-alive connection (see imclient/longpoll.py).
-        self._poll = longpoll.PollConnection()
+        # The long-poll's own keep-alive connection, and those of sends without a WebSocket (see
+        # imclient/keepalive.py).
+        self._poll = keepalive.KeepAliveConnection()
+        self._sends = keepalive.KeepAlivePool()
         # One delivery path at a time (pull replies, own sends), so on_message sees seq order.
         self._delivering = asyncio.Lock()
         self._closing = False
@@ -273,6 +275,7 @@ class Client:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._poll.close()
+        self._sends.close()
         if self._own_http:
             self.rest.http.close()
 
@@ -316,8 +319,9 @@ class Client:
                     reply.pop("rid", None)
                     await self._own_sent(reply, payload)
                     return reply
-                return await self.rest.call(self.base_url, "POST", "/api/v1/messages", body=payload,
-                                            token=await self._token(), timeout_secs=timeout)
+                # Safe to send twice (it carries its client_msg_id): a keep-alive connection may be used.
+                return await self._sends.call_json("POST", self.base_url, "/api/v1/messages", body=payload,
+                                                   token=await self._token(), timeout_secs=timeout)
             except ApiError as error:
                 if error.code in _RELOGIN_CODES:
                     self.token = None
@@ -572,7 +576,9 @@ class Client:
         worked = False
         while not self._closing:
             if worked and self.transport == "auto" and time.monotonic() >= self._ws_retry_at:
-                self._poll.close()  # the WebSocket is tried next: no idle connection left behind
+                # The WebSocket is tried next: no idle connection left behind.
+                self._poll.close()
+                self._sends.close()
                 return True
             # The first poll does not wait: it is the pull-on-connect, and it proves the node answers.
             wait_secs = self.poll_timeout_secs if worked else 0

@@ -43,8 +43,9 @@ class ReplyDroppingProxy:
     ``drop_prefix`` (sends), reads the server's whole answer and then closes the client's connection
     without passing it on.
 
-    This is the "stored, but the receipt was lost" case a send retry must handle: it relies on tornado's
-    HTTP client sending ``Connection: close`` (one request per connection).
+    This is the "stored, but the receipt was lost" case a send retry must handle. Only the first request
+    of a connection is looked at: the SDK sends on a kept-alive connection, and the one it opens for
+    its first send is new.
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -89,14 +90,27 @@ class ReplyDroppingProxy:
             while data := await asyncio.wait_for(up_reader.read(65536), 30):
                 if dropping:
                     answer += data
+                    if _answer_complete(answer):
+                        self.dropped += 1  # read whole by the proxy, never passed on
+                        break
                 else:
                     writer.write(data)
                     await writer.drain()
-            if dropping:
-                self.dropped += 1
         except (OSError, TimeoutError):
             pass
         finally:
             upward.cancel()
             writer.close()
             up_writer.close()
+
+
+def _answer_complete(data: bytes) -> bool:
+    """Whether ``data`` holds a whole HTTP answer with a ``Content-Length`` (as the server sends)."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value.strip())
+    return False

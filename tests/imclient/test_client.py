@@ -202,6 +202,28 @@ async def test_long_polls_reuse_one_connection(node: Node) -> None:
         assert bob._poll.opened == 1
 
 
+async def test_sends_without_a_websocket_reuse_keep_alive_connections(node: Node) -> None:
+    """A long-poll client's sends go over kept-alive connections, one per send in flight; an error
+    answer leaves its connection usable; every message arrives once, in order."""
+    got = Inbox()
+    async with client(node.base_url, "alice", transport="longpoll") as alice, \
+            client(node.base_url, "bob", got, transport="ws"):
+        for i in range(5):
+            await alice.send("bob", f"m{i}")
+        assert alice._sends.opened == 1
+        with pytest.raises(ApiError) as refused:
+            await alice.send("nobody-here", "x")
+        assert refused.value.status == 404
+        await alice.send("bob", "m5")
+        assert alice._sends.opened == 1
+        await asyncio.gather(*(alice.send("bob", f"c{i}") for i in range(3)))
+        assert alice._sends.opened <= 3
+        await got.wait_for(9, sender="alice")
+        assert got.bodies("alice")[:6] == [f"m{i}" for i in range(6)]
+        assert sorted(got.bodies("alice")[6:]) == ["c0", "c1", "c2"]
+    assert_in_seq_order_once(got)
+
+
 async def test_backoff_starts_over_after_long_polls_worked_again(
         settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     attempts: list[int] = []

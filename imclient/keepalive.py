@@ -1,13 +1,18 @@
-"""The long-poll GET on a plain asyncio stream, kept alive between polls, closed at once when cancelled.
+"""HTTP/1.1 on plain asyncio streams, kept alive between requests, closed at once when cancelled.
 
-tornado's ``AsyncHTTPClient`` cannot abort a request: a cancelled fetch keeps its connection open
-until the server answers (up to the poll timeout) and then logs an error. A client that closes, or a
-benchmark that stops hundreds of clients, must not leave waiting long-polls behind on the server, so
-the one request that waits uses this minimal HTTP/1.1 client (GET, ``Content-Length`` or read-to-end
-body); every other call goes through ``AsyncHTTPClient``.
+tornado's ``AsyncHTTPClient`` opens a connection per request and cannot abort one: a cancelled fetch
+keeps its connection open until the server answers (up to the poll timeout) and then logs an error.
+The two requests a client makes at every message go through this minimal client instead:
 
-The connection is reused from one poll to the next, as a browser does: a poll answered at every
-message would otherwise cost a TCP (and, over HTTPS, a TLS) handshake per message, on both ends.
+- the long-poll GET (:class:`KeepAliveConnection`): a client that closes, or a benchmark that stops
+  hundreds of clients, must not leave waiting long-polls behind on the server;
+- the sends of a client without a WebSocket (:class:`KeepAlivePool`, one connection per send in
+  flight): a new connection per send cost both ends a TCP (over HTTPS, also a TLS) handshake, and
+  a third of the benchmark's clients were sending that way.
+
+Every other call goes through ``AsyncHTTPClient``. Requests sent here are safe to send twice (a GET,
+or a send carrying its ``client_msg_id``): when a reused connection turns out closed by the server
+before any answer, the request is sent again once, on a new connection.
 """
 
 from __future__ import annotations
@@ -21,16 +26,16 @@ from urllib.parse import urlencode, urlsplit
 from imclient.errors import ConnectionFailed
 from imclient.http import api_error
 
-__all__ = ["PollConnection"]
+__all__ = ["KeepAliveConnection", "KeepAlivePool"]
 
 # Status line plus headers of an answer; anything longer is not our server.
 MAX_HEADER_BYTES = 64 * 1024
 _NETWORK_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError)
 
 
-class PollConnection:
-    """One client's long-poll connection: at most one request at a time, reused while the server
-    keeps it open. Any failure or cancellation closes it; the next poll opens a new one."""
+class KeepAliveConnection:
+    """One connection: at most one request at a time, reused while the server keeps it open. Any
+    failure or cancellation closes it; the next request opens a new one."""
 
     def __init__(self) -> None:
         self._origin: tuple[str, str, int] | None = None
@@ -42,14 +47,25 @@ class PollConnection:
     async def get_json(self, base_url: str, path: str, *, query: dict[str, Any], token: str,
                        timeout_secs: float) -> Any:
         """GET ``base_url + path`` and decode the JSON answer; errors as in :meth:`RestClient.call`."""
+        return await self.call_json("GET", base_url, path, query=query, token=token,
+                                    timeout_secs=timeout_secs)
+
+    async def call_json(self, method: str, base_url: str, path: str, *, token: str, timeout_secs: float,
+                        query: dict[str, Any] | None = None, body: Any = None) -> Any:
+        """One request that is safe to send twice, with an optional JSON body; the decoded JSON
+        answer, errors as in :meth:`RestClient.call`."""
         parts = urlsplit(base_url)
         secure = parts.scheme == "https"
         origin = (parts.scheme, parts.hostname or "127.0.0.1", parts.port or (443 if secure else 80))
-        target = (parts.path.rstrip("/") + path) + "?" + urlencode(query)
+        target = parts.path.rstrip("/") + path + ("?" + urlencode(query) if query else "")
+        payload = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+        content = ""
+        if body is not None:
+            content = f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
         request = (
-            f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {token}\r\n"
-            "Accept: application/json\r\n\r\n"
-        ).encode()
+            f"{method} {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {token}\r\n"
+            f"Accept: application/json\r\n{content}\r\n"
+        ).encode() + payload
         try:
             async with asyncio.timeout(timeout_secs):
                 reused = self._writer is not None and self._origin == origin and not self._writer.is_closing()
@@ -61,12 +77,12 @@ class PollConnection:
                     if not reused:
                         raise
                     # The server closed the idle connection as we reused it (nothing was answered):
-                    # a GET may be sent again, on a new connection.
+                    # the request may be sent again, on a new connection.
                     await self._open(origin)
                     status, headers, body = await self._exchange(request)
         except _NETWORK_ERRORS as exc:
             self.close()
-            raise ConnectionFailed(f"GET {base_url}{path}: {type(exc).__name__}: {exc}") from None
+            raise ConnectionFailed(f"{method} {base_url}{path}: {type(exc).__name__}: {exc}") from None
         except BaseException:
             self.close()  # cancelled mid-request: the server must see the poll end now
             raise
@@ -79,6 +95,10 @@ class PollConnection:
         if status >= 400:
             raise api_error(status, data, headers.get("retry-after"))
         return data
+
+    @property
+    def is_open(self) -> bool:
+        return self._writer is not None and not self._writer.is_closing()
 
     def close(self) -> None:
         if self._writer is not None:
@@ -115,6 +135,36 @@ class PollConnection:
         if headers.get("connection", "").lower() == "close":
             self.close()
         return status, headers, body
+
+
+class KeepAlivePool:
+    """Keep-alive connections for concurrent requests: each request takes an idle connection or opens
+    one, and gives it back when the answer is read whole. At most ``max_idle`` are kept idle."""
+
+    def __init__(self, *, max_idle: int = 4) -> None:
+        self._max_idle = max_idle
+        self._idle: list[KeepAliveConnection] = []
+        #: TCP connections opened so far, by every connection of the pool.
+        self.opened = 0
+
+    async def call_json(self, method: str, base_url: str, path: str, **kwargs: Any) -> Any:
+        """:meth:`KeepAliveConnection.call_json` on a connection of the pool."""
+        connection = self._idle.pop() if self._idle else KeepAliveConnection()
+        before = connection.opened
+        try:
+            return await connection.call_json(method, base_url, path, **kwargs)
+        finally:
+            self.opened += connection.opened - before
+            # An error answer (4xx, 5xx) was still read whole: the connection may be used again.
+            if connection.is_open and len(self._idle) < self._max_idle:
+                self._idle.append(connection)
+            else:
+                connection.close()
+
+    def close(self) -> None:
+        for connection in self._idle:
+            connection.close()
+        self._idle.clear()
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
