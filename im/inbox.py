@@ -640,10 +640,13 @@ async def _claim_seqs(store: Store, per_inbox: Mapping[str, int], session: Async
     """Claim a block of seqs in every inbox of the batch and return the new heads and the epochs.
 
     ``known`` holds (head, epoch) of inboxes whose head this node knows (a single node is the only
-    writer): their counters are advanced by a conditional ``$inc`` and never read. Measured on
-    SecantusDB, a read of 400 counters by ``$in`` costs more than the 400 updates (131 vs 85 ms), and
-    per-inbox ``UpdateOne``s cost half of one ``update_many`` over ``$in``. If a guess was wrong,
-    :class:`StaleHeads` aborts the transaction and the caller writes the batch again without guesses.
+    writer): their counters are advanced by a plain ``$inc`` and never read. Measured on SecantusDB, a
+    read of 400 counters by ``$in`` costs more than the 400 updates (131 vs 85 ms), per-inbox
+    ``UpdateOne``s cost half of one ``update_many`` over ``$in``, and a ``$inc`` conditional on the
+    guessed seq costs 0.37 ms against 0.22 ms. The condition is not needed: were a guess wrong (another
+    writer, a misconfiguration), the guessed seqs are taken, the archive's unique inbox keys refuse
+    them, and :class:`StaleHeads` aborts the transaction (counter steps included); the caller then
+    writes the batch again without guesses.
 
     The other heads are read inside the transaction that holds the counters' write locks, so they are
     ours. Registration creates every counter; the upsert is only for an inbox without one (a user
@@ -654,10 +657,10 @@ async def _claim_seqs(store: Store, per_inbox: Mapping[str, int], session: Async
     guessed = [user for user in per_inbox if user in known]
     if guessed:
         result = await store.counters.bulk_write(
-            [UpdateOne({"_id": user, "seq": known[user][0]}, {"$inc": {"seq": per_inbox[user]}})
-             for user in guessed], ordered=False, session=session)
+            [UpdateOne({"_id": user}, {"$inc": {"seq": per_inbox[user]}}) for user in guessed],
+            ordered=False, session=session)
         if result.matched_count != len(guessed):
-            raise StaleHeads
+            raise StaleHeads  # an inbox without a counter: read the heads (the upsert below creates it)
         for user in guessed:
             heads[user] = known[user][0] + per_inbox[user]
             epochs[user] = known[user][1]

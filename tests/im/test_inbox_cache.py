@@ -133,4 +133,6 @@ async def test_a_wrong_cached_head_is_detected_and_the_batch_written_again(store
     page = await node_a.pull("target", after=0, limit=50)
     assert [m["seq"] for m in page.messages][:1] == [1]
     assert await untrimmed_seqs(store, "target") == list(range(1, 7))
+    # The refused attempts' counter steps were rolled back with them: the counter is the head.
+    assert (await store.counters.find_one({"_id": "target"}) or {}).get("seq") == 6
     assert [m["seq"] for m in (await node_b.pull("target", after=0, limit=50)).messages] == list(range(1, 7))
