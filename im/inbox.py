@@ -397,10 +397,14 @@ class InboxStore:
     async def ack(self, user: str, device: str, *, upto: int, now: datetime | None = None) -> AckResult:
         """Record that ``device`` holds everything <= ``upto`` and trim what every active device holds.
 
-        The archive keeps every message; only inbox entries are deleted. Concurrent acks (of any users)
+        Trimming raises the inbox floor; the archive keeps every message. Concurrent acks (of any users)
         are written together: a batch costs the same few store round trips whatever its size.
         """
         return await self._acks.submit(_Ack(user, device, upto, now or utcnow()))
+
+    def ack_nowait(self, user: str, device: str, *, upto: int) -> asyncio.Future[AckResult]:
+        """:meth:`ack` queued at once; the future has its outcome (nothing needs to wait for it)."""
+        return asyncio.ensure_future(self._acks.enqueue(_Ack(user, device, upto, utcnow())))
 
     @property
     def acks_queued(self) -> int:

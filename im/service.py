@@ -8,6 +8,7 @@ publish the new inbox heads on the bus, then return the receipt.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -131,8 +132,6 @@ class MessagingService:
         self.metrics = metrics or Metrics()
         self.webhooks = webhooks
         self._poll_waiters = 0
-        # Background acknowledgements of long-polls (kept referenced until done).
-        self._background: set[asyncio.Task[None]] = set()
         self.metrics.gauge("im_connections", "Open client connections on this node by transport",
                            self._connections_by_transport, label="transport")
         self.metrics.gauge("im_long_poll_waiters", "Long-polls waiting on this node",
@@ -168,8 +167,8 @@ class MessagingService:
         await asyncio.sleep(0.05)  # let the answers be written out
 
     async def close(self) -> None:
-        await asyncio.gather(*self._background, return_exceptions=True)
-        await self.inbox.close()  # acknowledgements first: their delivered receipts go through the committer
+        # Acknowledgements first (long-polls' included): their delivered receipts go through the committer.
+        await self.inbox.close()
         await self.committer.drain()
         await self.bus.close()
         await self.presence.close()
@@ -388,16 +387,17 @@ class MessagingService:
         if cached is not None and after <= cached[0] and time.monotonic() - cached[1] < ACK_REFRESH_SECS:
             return
         self._remember_ack(principal, after)  # a poll repeated before the write lands does not ack again
-        task = asyncio.create_task(self._ack_in_background(principal, after))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        # Queued with a callback, not a task: one task per answered poll was ~3% of the server's CPU.
+        outcome = self.inbox.ack_nowait(principal.user, principal.device, upto=after)
+        outcome.add_done_callback(functools.partial(self._poll_acked, principal))
 
-    async def _ack_in_background(self, principal: Principal, after: int) -> None:
-        try:
-            await self.ack(principal, upto=after)
-        except InvalidInput:
-            pass  # `after` beyond the head: a client from another epoch; its pull reports the gap
-        except Exception as exc:
+    def _poll_acked(self, principal: Principal, outcome: asyncio.Future[AckResult]) -> None:
+        if outcome.cancelled():
+            return
+        exc = outcome.exception()
+        if exc is None:
+            self._remember_ack(principal, outcome.result().cursor)
+        elif not isinstance(exc, InvalidInput):  # InvalidInput: `after` beyond the head (another epoch)
             # Not lost: the next poll acknowledges again (the cursor only ever moves forward).
             self._acked.pop((principal.user, principal.device), None)
             log.warning("acknowledging for a long-poll of %s failed: %s", principal.user, exc)
