@@ -231,8 +231,9 @@ def _limit_note(results: dict[str, Any]) -> list[str]:
     server_cpu, store_cpu = _phase_cpu(results, phase, "server"), _phase_cpu(results, phase, "store")
     return [
         f"At its best step ours delivered {_fmt(best['delivered_per_sec'])} msg/s while the store executed "
-        f"{_fmt(per_msg)} operations per delivered message ({_fmt(per_msg * best['delivered_per_sec'], 0)} "
-        f"operations/s; one serial insert_one runs at {_fmt(raw)}/s on the same store). During the ladder "
+        f"{_fmt(per_msg)} commands per delivered message ({_fmt(per_msg * best['delivered_per_sec'], 0)} "
+        "commands/s; a batch's insert is one command however many documents it holds; one serial "
+        f"insert_one runs at {_fmt(raw)}/s on the same store). During the ladder "
         f"the server used a median {_fmt(server_cpu, 2)} cores and the store {_fmt(store_cpu, 2)} (each "
         "is one Python process: near 1.0 is that process's ceiling); see the operations table and the "
         "profiles below.",
@@ -334,11 +335,13 @@ def _chat_section(results: dict[str, Any]) -> list[str]:
     ]
     if op_rows:
         md += [
-            "### Ours: store operations per delivered message (SecantusDB `serverStatus` opcounters)",
+            "### Ours: store commands per delivered message (SecantusDB `serverStatus` opcounters)",
             "",
-            "Around each step. A 1:1 message enters two inboxes (the recipient's and the sender's own, "
-            "for the sender's other devices), so both pull and acknowledge it; the write itself is shared "
-            "by the whole batch (group commit).",
+            "Around each step. SecantusDB counts commands: a bulk insert or update is one, however many "
+            "documents it holds (mongod counts inserted documents one by one), so these figures fall as "
+            "group-commit batches grow and are not the store's work per message (for that, see the cost "
+            "per statement in the README). A 1:1 message enters two inboxes (the recipient's and the "
+            "sender's own, for the sender's other devices), so both pull and acknowledge it.",
             "",
         ]
         md += _table(("offered/s", *OP_KINDS, "total"), op_rows)
