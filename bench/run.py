@@ -329,8 +329,9 @@ class Bench:
             finally:
                 proc.stop()
 
-            # The same serial inserts once more, now that ours has run: this machine's speed drifts
-            # (761 to 1,256 insert_one/s across runs of one day), and the ratio moves with it.
+            # The same serial inserts once more, now that ours has run: the store's serial rate moves
+            # within a run (more data in it, a noisy machine: 761 to 1,256 insert_one/s across runs of
+            # one day), and the ratio moves with it.
             self.step("baseline: raw store inserts, again")
             self.results["store_raw_again"] = {"SecantusDB": self._store_raw("store_raw_again")}
             self.done()
