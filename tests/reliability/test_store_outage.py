@@ -17,6 +17,8 @@ MESSAGES_PER_SENDER = 60
 SENDERS = 4
 # The outage lasts this long; sends keep being retried through it.
 OUTAGE_SECS = 3.0
+# The store is killed once this many sends were acknowledged (a quarter of them).
+CRASH_AFTER_ACKNOWLEDGED = SENDERS * MESSAGES_PER_SENDER // 4
 
 
 async def test_store_killed_and_restarted_mid_stream(tmp_path: Path) -> None:
@@ -25,6 +27,7 @@ async def test_store_killed_and_restarted_mid_stream(tmp_path: Path) -> None:
                                           write_concern="1"))
     outage_errors: list[int] = []
     acknowledged: dict[str, list[str]] = {}
+    quarter_done = asyncio.Event()
     try:
         bob = await node.user("bob")
         senders = {f"s{i}": await node.user(f"s{i}") for i in range(SENDERS)}
@@ -37,6 +40,8 @@ async def test_store_killed_and_restarted_mid_stream(tmp_path: Path) -> None:
                     response = await node.send(token, "bob", client_msg_id, client_msg_id=client_msg_id)
                     if response.status in (200, 201):
                         acknowledged[name].append(client_msg_id)
+                        if sum(len(v) for v in acknowledged.values()) >= CRASH_AFTER_ACKNOWLEDGED:
+                            quarter_done.set()
                         break
                     assert response.status == 503, response.body
                     assert response.error_code == "store_unavailable" and response.body["error"]["message"]
@@ -45,7 +50,9 @@ async def test_store_killed_and_restarted_mid_stream(tmp_path: Path) -> None:
                 await asyncio.sleep(0.01)
 
         async def crash_store() -> None:
-            await asyncio.sleep(1.0)
+            # Mid-stream by count, not by a fixed delay: a faster server had finished every send
+            # before a kill at 1 s, and the test then tested nothing.
+            await quarter_done.wait()
             store.kill()  # SIGKILL: no clean shutdown
             await asyncio.sleep(OUTAGE_SECS)
             store.start()  # same port, same data directory
