@@ -43,6 +43,7 @@ from im.store import (
     dedup_key,
     inbox_key,
     inbox_key_conflict,
+    inbox_range,
     is_duplicate_key_only,
     new_epoch,
     store_errors,
@@ -388,9 +389,7 @@ class InboxStore:
             return []
         async with store_errors("pulling an inbox"):
             return await self._store.messages.find(
-                {INBOX_KEY_FIELD: {"$gt": inbox_key(user, start), "$lte": inbox_key(user, end)}},
-                _entry_projection(user),
-            ).to_list(end - start)
+                inbox_range(user, start, end), _entry_projection(user)).to_list(end - start)
 
     # -- acknowledge and trim -------------------------------------------------------------------------
 
@@ -613,9 +612,7 @@ class InboxStore:
             end = min(start + TRIM_READ_PAGE, high)
             async with store_errors("reading entries to trim"):
                 docs = await self._store.messages.find(
-                    {INBOX_KEY_FIELD: {"$gt": inbox_key(user, start), "$lte": inbox_key(user, end)}},
-                    projection,
-                ).to_list(end - start)
+                    inbox_range(user, start, end), projection).to_list(end - start)
             entries.extend(TrimmedEntry(str(d["_id"]), d["conv"], d["from"], d["kind"]) for d in docs)
         return entries
 

@@ -32,8 +32,8 @@ from pymongo.write_concern import WriteConcern
 from im.errors import ConflictError, StoreUnavailable
 
 __all__ = [
-    "INBOX_KEY_FIELD", "Store", "dedup_key", "inbox_key", "inbox_key_conflict", "is_duplicate_key_only",
-    "new_epoch", "store_errors", "utcnow",
+    "INBOX_KEY_FIELD", "Store", "dedup_key", "inbox_key", "inbox_key_conflict", "inbox_range",
+    "is_duplicate_key_only", "new_epoch", "store_errors", "utcnow",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,11 @@ def inbox_key(user: str, seq: int) -> str:
     User ids never contain '/', so one user's keys form one contiguous range of the index, in seq order.
     """
     return f"{user}/{seq:0{SEQ_DIGITS}d}"
+
+
+def inbox_range(user: str, after: int, upto: int) -> dict[str, Any]:
+    """The query for ``user``'s inbox entries with seq in (after, upto]: bounded on both sides."""
+    return {INBOX_KEY_FIELD: {"$gt": inbox_key(user, after), "$lte": inbox_key(user, upto)}}
 
 
 def inbox_key_conflict(exc: BulkWriteError) -> bool:
