@@ -21,7 +21,7 @@ import tornado.websocket
 
 from config import Settings
 from im.runtime import Runtime
-from im.store import INBOX_KEY_FIELD, Store, inbox_key
+from im.store import SEQ_DIGITS, Store, inbox_range
 
 PASSWORD = "correct horse battery"
 _ids = itertools.count(1)
@@ -225,9 +225,8 @@ async def untrimmed_seqs(store: Store, user: str) -> list[int]:
     inbox keys of ``user`` above the inbox floor."""
     floor_doc = await store.trims.find_one({"_id": user})
     floor = floor_doc["trimmed"] if floor_doc else 0
-    # '0' sorts right after '/', the separator of inbox keys: the bound covers all of user's keys.
+    # Up to the highest seq a key can hold: every key of user's above the floor, whatever the counter says.
     docs = await store.messages.find(
-        {INBOX_KEY_FIELD: {"$gt": inbox_key(user, floor), "$lt": f"{user}0"}},
-        {"rcpt": {"$elemMatch": {"u": user}}},
+        inbox_range(user, floor, 10**SEQ_DIGITS - 1), {"rcpt": {"$elemMatch": {"u": user}}},
     ).to_list(None)
     return sorted(d["rcpt"][0]["s"] for d in docs)
