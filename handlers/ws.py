@@ -2,7 +2,9 @@
 
 The socket only ever receives a body-less ``notify`` from the server unprompted; everything else is a
 reply to a client frame. Memory per socket is bounded however the peer behaves:
-- notifies are coalesced: while one is being written, newer seqs overwrite the pending one;
+- frames are written without waiting; while the peer has not taken what was written (Tornado holds
+  what its socket refused), its next frames are not read and notifies are coalesced: newer seqs
+  overwrite the pending one;
 - frames are served concurrently (a pull is not stuck behind the durable write of the client's own
   send, nor behind an acknowledgement's batch), but at most ``MAX_FRAMES_IN_FLIGHT`` per socket: beyond
   that the next frame is not read until one is answered, so a client that sends but never reads
@@ -12,16 +14,16 @@ reply to a client frame. Memory per socket is bounded however the peer behaves:
   them from the ``sent`` replies (``sender_seq``), so a send costs no extra pull round trip. Skipping
   every notify up to the highest such seq is safe because a client that finds ``sender_seq`` does not
   directly follow the last seq it holds pulls (whatever came in between is then fetched);
-- a write that the peer does not take within ``ws_write_timeout_secs`` closes the socket (4408). The
+- a backlog that the peer does not take within ``ws_write_timeout_secs`` closes the socket (4408). The
   client loses nothing: the messages wait in its inbox and it pulls them after reconnecting.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import tornado.httputil
@@ -32,7 +34,7 @@ from handlers.base import origin_allowed
 from handlers.errors import error_frame
 from im.auth import Principal, parse_bearer
 from im.errors import AuthError, ImError, InvalidInput
-from im.models import Receipt
+from im.models import PullResult, Receipt
 from im.protocol import decode_frame, encode_frame, parse_ack, parse_pull, parse_read, parse_send, read_str
 from im.service import MessagingService
 
@@ -72,8 +74,11 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
         # With echo=0: the highest seq of the user's inbox that this socket's own sends created.
         self._echo_own = True
         self._own_upto = 0
-        self._notify_task: asyncio.Task[None] | None = None
-        self._in_flight: set[asyncio.Task[None]] = set()
+        # Frames being served (their outcomes); the next frame is read only below MAX_FRAMES_IN_FLIGHT.
+        self._in_flight: set[asyncio.Future[Any]] = set()
+        # The newest frame written, and the task waiting for the peer to take a backlog (if any).
+        self._last_write: asyncio.Future[None] | None = None
+        self._draining: asyncio.Task[None] | None = None
         self._closed = False
 
     # -- handshake ------------------------------------------------------------------------------------
@@ -108,7 +113,7 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
         try:
             self.service.check_client(self.request.remote_ip or "")
         except ImError as error:
-            self._send_frame(error_frame(error))
+            self._emit(error_frame(error))
             self.close(CLOSE_RATE_LIMITED, "rate limited")
             return
         header = self.request.headers.get("Authorization")
@@ -116,7 +121,7 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
             try:
                 await self._authenticate(parse_bearer(header))
             except ImError as error:
-                self._send_frame(error_frame(error))
+                self._emit(error_frame(error))
                 self.close(CLOSE_AUTH_TIMEOUT, "authentication failed")
             return
         loop = asyncio.get_running_loop()
@@ -124,7 +129,7 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
 
     def _auth_timed_out(self) -> None:
         if self.principal is None and not self._closed:
-            self._send_frame({"t": "error", "code": "auth_timeout",
+            self._emit({"t": "error", "code": "auth_timeout",
                               "message": "no valid auth frame within the time limit"})
             self.close(CLOSE_AUTH_TIMEOUT, "authentication timeout")
 
@@ -140,63 +145,116 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
 
     # -- frames from the client -----------------------------------------------------------------------
 
-    async def on_message(self, message: str | bytes) -> None:
+    def on_message(self, message: str | bytes) -> Awaitable[None] | None:
+        """Serve one frame. The common frames (a pull served from memory, a send to a known user, an
+        acknowledgement) are started right here and return None: Tornado then reads the next frame at
+        once. A returned coroutine is wrapped in a task, and the next frame is read only after it
+        finished, two more turns of a busy event loop per frame; only frames that must wait get one."""
         self.binary = isinstance(message, bytes)
         try:
             frame = decode_frame(message, max_bytes=self.settings_.max_frame_bytes)
         except ImError as error:
-            await self._answer(_failed(error), None)
-            return
+            self._emit_error(error, None)
+            return None
         rid = frame.get("rid")
+        if (self._draining is None and self.principal is not None and frame["t"] not in SERIAL_FRAMES
+                and len(self._in_flight) < MAX_FRAMES_IN_FLIGHT):
+            try:
+                if self._start_now(frame, rid):
+                    return None
+            except ImError as error:
+                self._emit_error(error, rid)
+                return None
+            except Exception as exc:
+                self._emit_internal(rid, exc)
+                return None
+        return self._serve(frame, rid)
+
+    def _start_now(self, frame: dict[str, Any], rid: Any) -> bool:
+        """Start serving an authenticated frame without waiting; False when it must wait (a send whose
+        checks need the store), and nothing was done."""
+        principal = self.principal
+        assert principal is not None
+        kind = frame["t"]
+        if kind == "send":
+            request = parse_send(frame, max_text_chars=self.settings_.max_text_chars)
+            outcome = self.service.queue_send_nowait(principal, request, before_notify=self._before_notify())
+            if outcome is None:
+                return False
+        elif kind == "pull":
+            after, limit = parse_pull(frame, default_limit=self.settings_.pull_default_limit,
+                                      max_limit=self.settings_.pull_max_limit)
+            page = self.service.pull_cached(principal, after=after, limit=limit)
+            if page is not None:
+                self._emit(_with_rid(_reply_frame(page, principal), rid))
+                return True
+            outcome = asyncio.ensure_future(self.service.pull(principal, after=after, limit=limit))
+        else:
+            outcome = asyncio.ensure_future(self._dispatch(frame))
+        self._track(outcome, rid)
+        return True
+
+    async def _serve(self, frame: dict[str, Any], rid: Any) -> None:
+        """Serve a frame that has to wait: for the peer to take its backlog, for a slot among the
+        frames in flight, for authentication, or for the store's checks of a send (in frame order:
+        the next frame is read only after this one is queued)."""
+        if self._draining is not None:
+            # The peer is not taking what was written to it: its next frames wait (backpressure).
+            await asyncio.wait({self._draining})
         if frame["t"] in SERIAL_FRAMES or self.principal is None:
-            await self._answer(self._dispatch(frame), rid)
+            outcome: asyncio.Future[Any] = asyncio.ensure_future(self._dispatch(frame))
+            await asyncio.wait({outcome})
+            self._reply(rid, outcome)
             return
         while len(self._in_flight) >= MAX_FRAMES_IN_FLIGHT:
             await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
-        if frame["t"] == "send":
-            # Validated and queued for the store now, in frame order; answered once durable.
-            try:
-                reply: Awaitable[dict[str, Any]] = await self._queue_send(frame)
-            except ImError as error:
-                await self._answer(_failed(error), rid)
-                return
-        else:
-            reply = self._dispatch(frame)
-        task = asyncio.create_task(self._answer(reply, rid))
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
-
-    async def _answer(self, reply: Awaitable[dict[str, Any]], rid: Any) -> None:
-        """Await one frame's reply and write it; an error becomes an error frame, never a closed socket."""
         try:
-            frame = await reply
+            if frame["t"] == "send":
+                request = parse_send(frame, max_text_chars=self.settings_.max_text_chars)
+                self._track(await self.service.queue_send(
+                    self.principal, request, before_notify=self._before_notify()), rid)
+            elif not self._start_now(frame, rid):
+                raise AssertionError("only sends wait for their checks")
         except ImError as error:
-            log.info("ws %s: %s (%s)", self._who(), error.code, error.message)
-            frame = error_frame(error, rid=rid)
-        except asyncio.CancelledError:
-            if self._closed:
-                return  # the peer went away while its frame was being served: nobody to answer
-            raise
-        except Exception:
-            # Loop edge: one frame's unexpected failure must not kill a healthy connection.
-            log.exception("ws %s: unexpected error serving a frame", self._who())
-            frame = {"t": "error", "code": "internal", "message": "the server failed to serve this frame"}
-        if rid is not None:
-            frame["rid"] = rid
-        await self._write(frame)
+            self._emit_error(error, rid)
+        except Exception as exc:
+            self._emit_internal(rid, exc)
 
-    async def _queue_send(self, frame: dict[str, Any]) -> Awaitable[dict[str, Any]]:
-        principal = self.principal
-        assert principal is not None
-        request = parse_send(frame, max_text_chars=self.settings_.max_text_chars)
-        receipt = await self.service.queue_send(
-            principal, request, before_notify=None if self._echo_own else self._own_entry_stored)
+    def _before_notify(self) -> Callable[[Receipt], None] | None:
+        return None if self._echo_own else self._own_entry_stored
 
-        async def sent() -> dict[str, Any]:
-            return {"t": "sent", **(await receipt).to_dict(sender=principal.user)}
-        return sent()
+    def _track(self, outcome: asyncio.Future[Any], rid: Any) -> None:
+        """A frame in flight: its reply is written by a done callback, not by a task per frame (under
+        load a task per reply, and its turns of the event loop, was a large share of the server's time)."""
+        self._in_flight.add(outcome)
+        outcome.add_done_callback(functools.partial(self._reply, rid))
+
+    def _reply(self, rid: Any, outcome: asyncio.Future[Any]) -> None:
+        """Write a frame's reply once its outcome is known; an error becomes an error frame, never a
+        closed socket."""
+        self._in_flight.discard(outcome)
+        if outcome.cancelled():
+            return
+        error = outcome.exception()
+        if error is None:
+            self._emit(_with_rid(_reply_frame(outcome.result(), self.principal), rid))
+        elif isinstance(error, ImError):
+            self._emit_error(error, rid)
+        else:
+            self._emit_internal(rid, error)
+
+    def _emit_error(self, error: ImError, rid: Any) -> None:
+        log.info("ws %s: %s (%s)", self._who(), error.code, error.message)
+        self._emit(error_frame(error, rid=rid))
+
+    def _emit_internal(self, rid: Any, error: BaseException) -> None:
+        # Loop edge: one frame's unexpected failure must not kill a healthy connection.
+        log.error("ws %s: unexpected error serving a frame", self._who(), exc_info=error)
+        self._emit(_with_rid({"t": "error", "code": "internal",
+                              "message": "the server failed to serve this frame"}, rid))
 
     async def _dispatch(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """Frames other than sends and pulls (and every frame before authentication)."""
         kind = frame["t"]
         if kind == "ping":
             return {"t": "pong"}
@@ -209,14 +267,7 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
         principal = self.principal
         if principal is None:
             raise AuthError("send an auth frame first", code="unauthenticated")
-        service, settings = self.service, self.settings_
-        if kind == "send":
-            return await (await self._queue_send(frame))
-        if kind == "pull":
-            after, limit = parse_pull(frame, default_limit=settings.pull_default_limit,
-                                      max_limit=settings.pull_max_limit)
-            result = await service.pull(principal, after=after, limit=limit)
-            return {"t": "msgs", **result.to_dict()}
+        service = self.service
         if kind == "ack":
             upto = parse_ack(frame)
             result = await service.ack(principal, upto=upto)
@@ -234,23 +285,21 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
         self._own_upto = max(self._own_upto, receipt.seqs.get(self.principal.user, 0))
 
     def inbox_changed(self, seq: int) -> None:
-        """Hub callback: queue a notify; at most one write is in flight and one seq pending."""
+        """Hub callback: notify now, or, while the peer is not taking what was written to it, once it
+        has (coalesced: only the newest seq waits)."""
         if 0 < seq <= self._own_upto:
             return  # this socket's own sends: its client has them from the `sent` replies
         if seq == 0:
             seq = max(self._sent_seq, 0)  # "re-check": send the last known head again
             self._sent_seq = -1
         self._pending_seq = max(self._pending_seq, seq)
-        if self._notify_task is None and not self._closed:
-            self._notify_task = asyncio.create_task(self._flush_notifies())
+        if self._draining is None:
+            self._flush_notify()
 
-    async def _flush_notifies(self) -> None:
-        try:
-            while self._pending_seq > self._sent_seq and not self._closed:
-                seq = self._sent_seq = self._pending_seq
-                await self._write({"t": "notify", "seq": seq})
-        finally:
-            self._notify_task = None
+    def _flush_notify(self) -> None:
+        if self._pending_seq > self._sent_seq and not self._closed:
+            self._sent_seq = self._pending_seq
+            self._emit({"t": "notify", "seq": self._sent_seq})
 
     def going_away(self) -> None:
         """Node shutdown: 1001 tells the client to reconnect (to another node); nothing is lost."""
@@ -262,34 +311,49 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
 
         A client that gets ``kicked`` should not reconnect by itself, or the two sessions take turns.
         """
-        self._send_frame({"t": "kicked", "reason": reason,
-                          "message": "this session was replaced by a newer login of the same user"})
+        self._emit({"t": "kicked", "reason": reason,
+                    "message": "this session was replaced by a newer login of the same user"})
         self.close(CLOSE_KICKED, "kicked")
 
     # -- plumbing -------------------------------------------------------------------------------------
 
-    def _send_frame(self, frame: dict[str, Any]) -> None:
-        """Fire-and-forget write for the few frames sent right before closing."""
-        if self._closed:
-            return
-        with contextlib.suppress(tornado.websocket.WebSocketClosedError):
-            self.write_message(encode_frame(frame, binary=self.binary), binary=self.binary)
+    def _emit(self, frame: dict[str, Any]) -> None:
+        """Write one frame without waiting for the peer to take it.
 
-    async def _write(self, frame: dict[str, Any]) -> None:
-        """Write one frame; a peer that does not take it in time is disconnected as a slow consumer."""
+        Nearly always the bytes go straight into the socket. When they cannot (the peer's receive window
+        is full), one drain watcher per socket waits until it has taken them; meanwhile the peer's frames
+        are not read and notifies wait (coalesced), so what is held for a slow peer stays bounded, and a
+        peer that takes nothing for ``ws_write_timeout_secs`` is closed as a slow consumer.
+        """
         if self._closed:
             return
         try:
-            await asyncio.wait_for(
-                self.write_message(encode_frame(frame, binary=self.binary), binary=self.binary),
-                self.settings_.ws_write_timeout_secs,
-            )
+            written = self.write_message(encode_frame(frame, binary=self.binary), binary=self.binary)
         except tornado.websocket.WebSocketClosedError:
-            pass
-        except TimeoutError:
-            log.warning("ws %s: peer not reading for %.0f s; closing (slow consumer)", self._who(),
-                        self.settings_.ws_write_timeout_secs)
-            self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+            return
+        written.add_done_callback(_outcome_seen)
+        self._last_write = written
+        if self._draining is None and self._backed_up():
+            self._draining = asyncio.create_task(self._drain())
+
+    def _backed_up(self) -> bool:
+        """Whether written bytes are still waiting for the peer (Tornado buffers what the socket refused)."""
+        connection = self.ws_connection
+        return connection is not None and connection.stream is not None and connection.stream.writing()
+
+    async def _drain(self) -> None:
+        timeout = self.settings_.ws_write_timeout_secs
+        try:
+            while self._backed_up() and not self._closed and self._last_write is not None:
+                done, _ = await asyncio.wait({self._last_write}, timeout=timeout)
+                if not done:
+                    log.warning("ws %s: peer not reading for %.0f s; closing (slow consumer)", self._who(),
+                                timeout)
+                    self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+                    return
+        finally:
+            self._draining = None
+        self._flush_notify()
 
     def _who(self) -> str:
         return f"{self.principal.user}/{self.principal.device}" if self.principal else "unauthenticated"
@@ -298,11 +362,30 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
         self._closed = True
         if self._auth_timer is not None:
             self._auth_timer.cancel()
-        if self._notify_task is not None:
-            self._notify_task.cancel()
+        if self._draining is not None:
+            self._draining.cancel()
         if self.principal is not None:
             self.service.disconnect(self.principal, self)
 
 
-async def _failed(error: ImError) -> dict[str, Any]:
-    raise error
+def _reply_frame(result: Any, principal: Principal | None) -> dict[str, Any]:
+    """The frame answering a served frame: a receipt is ``sent``, a page is ``msgs``."""
+    if isinstance(result, Receipt):
+        assert principal is not None
+        return {"t": "sent", **result.to_dict(sender=principal.user)}
+    if isinstance(result, PullResult):
+        return {"t": "msgs", **result.to_dict()}
+    return result
+
+
+def _with_rid(frame: dict[str, Any], rid: Any) -> dict[str, Any]:
+    if rid is not None:
+        frame["rid"] = rid
+    return frame
+
+
+def _outcome_seen(written: asyncio.Future[None]) -> None:
+    """Tornado's write task fails when the socket closed under it; that is seen here, not logged as a
+    never-retrieved exception (the socket's close is handled by ``on_close``)."""
+    if not written.cancelled():
+        written.exception()

@@ -72,8 +72,14 @@ class Conversations:
         if self.direct_policy == "friends" and not await self.friends.are_friends(sender, to):
             raise ForbiddenError(f"you and {to!r} are not friends (this server only lets friends talk)",
                                  code="not_friends", field="to")
-        recipients = (sender,) if to == sender else (to, sender)
-        return Target(conv=direct_conversation_id(sender, to), to=to, recipients=recipients)
+        return _direct(sender, to)
+
+    def direct_target_known(self, sender: str, to: str) -> Target | None:
+        """:meth:`direct_target` when everything it checks is in memory (anyone may message anyone, and
+        the recipient is a user seen before); None means "await :meth:`direct_target`"."""
+        if self.direct_policy != "anyone" or (to != sender and not self.store.user_known(to)):
+            return None
+        return _direct(sender, to)
 
     async def group_target(self, sender: str, group_id: str) -> Target:
         """A group conversation: the sender must be a member; every member (sender too) gets an entry."""
@@ -169,3 +175,8 @@ class Conversations:
                                "are the receipt entries in its sender's inbox", code="not_a_group_message",
                                field="msg_id")
         return summary_dict(*found)
+
+
+def _direct(sender: str, to: str) -> Target:
+    recipients = (sender,) if to == sender else (to, sender)
+    return Target(conv=direct_conversation_id(sender, to), to=to, recipients=recipients)

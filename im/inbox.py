@@ -383,6 +383,17 @@ class InboxStore:
             cache.committed(user, epoch=epoch, head=head, messages=messages)
         return PullResult(messages=messages, next=end, head=head, epoch=epoch, gap=gap, more=end < head)
 
+    def pull_cached(self, user: str, *, after: int, limit: int) -> PullResult | None:
+        """What :meth:`pull` returns, when this node knows the head for sure (the only writer) and holds
+        every entry of the page in memory; else None (the store must answer)."""
+        cache = self.cache
+        known = None if cache is None else cache.head(user)
+        if known is None:
+            return None
+        assert cache is not None
+        head, epoch = known
+        return cache.serve(user, after=after, limit=limit, head=head, epoch=epoch)
+
     async def _range(self, user: str, start: int, end: int) -> list[dict[str, Any]]:
         """The archived messages of ``user``'s inbox with seq in (start, end], in no particular order."""
         if end <= start:

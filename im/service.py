@@ -25,7 +25,7 @@ from im.auth import (
 )
 from im.bus import Bus
 from im.committer import GroupCommitter
-from im.conversations import Conversations
+from im.conversations import Conversations, Target
 from im.errors import AuthError, ConflictError, InvalidInput, RateLimited
 from im.hub import Hub
 from im.inbox import InboxStore, TrimmedEntry
@@ -248,16 +248,15 @@ class MessagingService:
         return await (await self.queue_send(principal, request))
 
     async def queue_send(self, principal: Principal, request: SendRequest, *,
-                         before_notify: Callable[[Receipt], None] | None = None) -> Awaitable[Receipt]:
-        """Check a send and queue it for the next group commit; await the result for the receipt.
+                         before_notify: Callable[[Receipt], None] | None = None) -> asyncio.Future[Receipt]:
+        """Check a send and queue it for the next group commit; the future gets the receipt.
 
         Sends are written in the order they were queued, so a transport that queues one client's
         frames in order (and awaits receipts concurrently) keeps that client's messages in order.
         ``before_notify`` is called with the receipt once it is durable, before anyone is notified.
         """
         sender = principal.user
-        if self.limits.sends_per_user is not None:
-            self.limits.sends_per_user.check(sender)
+        self._check_send_rate(sender)
         conversations = self.conversations
         if request.group:
             target = await conversations.group_target(sender, request.group)
@@ -266,6 +265,30 @@ class MessagingService:
         body: Any = request.body
         if request.kind == "file":
             body = await conversations.attachment(sender, target.conv, request.body)
+        return self._enqueue(sender, request, target, body, before_notify)
+
+    def queue_send_nowait(
+        self, principal: Principal, request: SendRequest, *,
+        before_notify: Callable[[Receipt], None] | None = None,
+    ) -> asyncio.Future[Receipt] | None:
+        """:meth:`queue_send` without a wait, when its checks need nothing from the store (a text
+        message to a user this node has seen); None means "await :meth:`queue_send`" (nothing was
+        checked or counted yet). Why: a transport can then queue the common send in the same event-loop
+        turn that read it, with no task of its own (see ``handlers/ws.py``)."""
+        if request.group or request.kind == "file":
+            return None
+        target = self.conversations.direct_target_known(principal.user, request.to)
+        if target is None:
+            return None
+        self._check_send_rate(principal.user)
+        return self._enqueue(principal.user, request, target, request.body, before_notify)
+
+    def _check_send_rate(self, sender: str) -> None:
+        if self.limits.sends_per_user is not None:
+            self.limits.sends_per_user.check(sender)
+
+    def _enqueue(self, sender: str, request: SendRequest, target: Target, body: Any,
+                 before_notify: Callable[[Receipt], None] | None) -> asyncio.Future[Receipt]:
         draft = Draft(
             sender=sender, to=target.to, conv=target.conv, kind=request.kind,
             body=body, client_msg_id=request.client_msg_id, recipients=target.recipients,
@@ -344,6 +367,21 @@ class MessagingService:
         with self.metrics.pull_seconds.time():
             result = await self.inbox.pull(principal.user, after=after, limit=limit)
         self.metrics.messages_delivered.inc(len(result.messages))
+        return result
+
+    def pull_cached(self, principal: Principal, *, after: int, limit: int) -> PullResult | None:
+        """:meth:`pull` answered at once from this node's memory, or None when that needs the store.
+
+        Why a synchronous twin: a pull right after a notify is nearly always served from memory, and a
+        transport that answers it in the same event-loop turn as the request spares it a task and a
+        turn of waiting behind everything else the loop has queued (the bulk of notify-to-receive time
+        under load).
+        """
+        started = time.perf_counter()
+        result = self.inbox.pull_cached(principal.user, after=after, limit=limit)
+        if result is not None:
+            self.metrics.pull_seconds.observe(time.perf_counter() - started)
+            self.metrics.messages_delivered.inc(len(result.messages))
         return result
 
     async def ack(self, principal: Principal, *, upto: int) -> AckResult:

@@ -239,9 +239,16 @@ class Store:
             )
         return 0 if doc is None else doc["token_version"]
 
-    async def user_exists(self, user: str) -> bool:
+    def user_known(self, user: str) -> bool:
+        """Whether ``user`` is known to exist without asking the store (users are never deleted, so a
+        user seen once stays valid); False means "ask": :meth:`user_exists`."""
         if user in self._known_users:
             self._known_users.move_to_end(user)
+            return True
+        return False
+
+    async def user_exists(self, user: str) -> bool:
+        if self.user_known(user):
             return True
         async with store_errors("reading a user"):
             found = await self.users.find_one({"_id": user}, {"_id": 1}) is not None

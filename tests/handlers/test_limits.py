@@ -84,3 +84,23 @@ async def test_old_jwt_secret_keeps_tokens_valid_after_rotation(mongo, db_name, 
         assert (await retired.pull(new_token)).status == 200
     finally:
         await retired.stop()
+
+
+async def test_each_websocket_send_counts_once_against_the_rate_whichever_way_it_is_checked(
+        mongo, db_name, tmp_path) -> None:
+    """A send to a known user is checked in memory, a group send in the store; either way it costs one
+    token of the sender's burst (a send that falls back to the store's checks is not counted twice)."""
+    node = await Node.start(make_settings(mongo.url, db_name, tmp_path, rate_send_per_sec=0.01, rate_send_burst=4))
+    try:
+        alice, _ = await node.user("alice"), await node.user("bob")
+        created = await node.request("POST", "/api/v1/groups", token=alice, json_body={"name": "g", "members": ["bob"]})
+        group = created.body["group"]
+        async with node.ws(alice) as ws:
+            replies = []
+            for i, target in enumerate([{"group": group}, {"to": "bob"}, {"group": group}, {"to": "bob"},
+                                        {"group": group}]):
+                replies.append(await ws.call({"t": "send", **target, "body": f"m{i}", "client_msg_id": f"r{i}"}))
+            assert [r["t"] for r in replies] == ["sent"] * 4 + ["error"]
+            assert replies[-1]["code"] == "rate_limited"
+    finally:
+        await node.stop()

@@ -205,3 +205,45 @@ async def test_a_slow_frame_does_not_hold_up_the_next_and_sends_keep_their_order
             assert acked["rid"] == "ack" and acked["trimmed"] == 20
     finally:
         await node.stop()
+
+
+async def test_sends_checked_in_the_store_and_in_memory_keep_their_frame_order(node: Node) -> None:
+    """A send to a user the node knows is queued in the turn that read it; a group send waits for the
+    store's membership check. Pipelined alternately, they are still stored in frame order (the
+    sender's own inbox shows it), and each reply carries its rid."""
+    alice, _, _ = await node.user("alice"), await node.user("bob"), await node.user("carol")
+    created = await node.request("POST", "/api/v1/groups", token=alice,
+                                 json_body={"name": "g", "members": ["bob", "carol"]})
+    assert created.status == 201, created.body
+    group = created.body["group"]
+    async with node.ws(alice) as a:
+        for i in range(12):
+            target = {"group": group} if i % 2 else {"to": "bob"}
+            await a.send_frame({"t": "send", **target, "body": f"m{i}", "client_msg_id": f"o{i}", "rid": i})
+        sent = {r["rid"]: r for r in [await a.reply() for _ in range(12)]}
+        assert sorted(sent) == list(range(12)) and all(r["t"] == "sent" for r in sent.values())
+        own = [sent[i]["sender_seq"] for i in range(12)]
+        assert own == sorted(own) and len(set(own)) == 12
+        page = await a.pull(0)
+        assert [m["body"] for m in page["messages"]] == [f"m{i}" for i in range(12)]
+
+
+async def test_a_pull_served_from_memory_and_one_from_the_store_answer_alike(mongo, db_name, tmp_path) -> None:
+    """With the inbox cache off every pull reads the store; with it on, a pull after a send is
+    answered in the same turn. Both give the same page."""
+    pages = []
+    for entries in (0, 1000):
+        node = await Node.start(make_settings(mongo.url, f"{db_name}_{entries}", tmp_path / str(entries),
+                                              inbox_cache_entries=entries))
+        try:
+            alice, bob = await node.user("alice"), await node.user("bob")
+            async with node.ws(alice) as a, node.ws(bob) as b:
+                for i in range(3):
+                    await a.send("bob", f"m{i}", client_msg_id=f"c{i}")
+                page = await b.pull(1, limit=5)
+                pages.append({k: page[k] for k in ("next", "head", "more")}
+                             | {"bodies": [m["body"] for m in page["messages"]],
+                                "seqs": [m["seq"] for m in page["messages"]]})
+        finally:
+            await node.stop()
+    assert pages[0] == pages[1] == {"next": 3, "head": 3, "more": False, "bodies": ["m1", "m2"], "seqs": [2, 3]}
