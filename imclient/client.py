@@ -12,14 +12,17 @@ How it keeps the server's promises on the client side:
   (a proxy that refuses upgrades); in ``auto`` mode the fallback is automatic and WebSocket is tried
   again now and then. Node URLs are rotated on failure with jittered, capped backoff.
 
-Per-client cost is two small tasks while on WebSocket (reader and pull loop), one on long-poll, and
-no per-message allocations beyond the decoded frames.
+Per-client cost is one small task (the pull loop on WebSocket, the poll loop on long-poll), and no
+per-message allocations beyond the decoded frames. WebSocket frames are handled in the callback that
+read them, and a call's timeout is a timer, not a ``wait_for``: every event-loop turn between a frame's
+arrival and the code waiting for it is latency when the loop is busy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import itertools
 import json
@@ -100,17 +103,17 @@ def _ws_url_of(base_url: str) -> str:
 class _WsConnection:
     """One open WebSocket: replies matched to calls by ``rid``, everything else to the client."""
 
-    __slots__ = ("closed", "conn", "pending", "reader", "rids")
+    __slots__ = ("closed", "conn", "ended", "pending", "rids")
 
-    def __init__(self, conn: tornado.websocket.WebSocketClientConnection) -> None:
-        self.conn = conn
+    def __init__(self) -> None:
+        self.conn: tornado.websocket.WebSocketClientConnection | None = None  # set once connected
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.rids = itertools.count(1)
         self.closed = False
-        self.reader: asyncio.Task[None] | None = None
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # the socket closed
 
     def write(self, frame: dict[str, Any]) -> None:
-        if self.closed:
+        if self.closed or self.conn is None:
             raise ConnectionFailed("WebSocket is closed")
         try:
             self.conn.write_message(msgpack.packb(frame, use_bin_type=True), binary=True)
@@ -119,14 +122,16 @@ class _WsConnection:
 
     async def call(self, frame: dict[str, Any], timeout_secs: float) -> dict[str, Any]:
         rid = next(self.rids)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.pending[rid] = future
+        timer = loop.call_later(timeout_secs, _time_out, future,
+                                f"no answer to {frame.get('t')} within {timeout_secs:.0f} s")
         try:
             self.write({**frame, "rid": rid})
-            reply = await asyncio.wait_for(future, timeout_secs)
-        except TimeoutError:
-            raise ConnectionFailed(f"no answer to {frame.get('t')} within {timeout_secs:.0f} s") from None
+            reply = await future
         finally:
+            timer.cancel()
             self.pending.pop(rid, None)
         if reply.get("t") == "error":
             raise ApiError(0, str(reply.get("code", "error")), str(reply.get("message", "")),
@@ -146,6 +151,17 @@ class _WsConnection:
             if not future.done():
                 future.set_exception(ConnectionFailed("WebSocket closed"))
         self.pending.clear()
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+def _time_out(future: asyncio.Future[dict[str, Any]], message: str) -> None:
+    if not future.done():
+        future.set_exception(ConnectionFailed(message))
 
 
 class Client:
@@ -268,7 +284,7 @@ class Client:
         self._wake.set()
         ws = self._ws
         if ws is not None:
-            ws.conn.close()
+            ws.close()
         task, self._task = self._task, None
         if task is not None and task is not asyncio.current_task():
             task.cancel()
@@ -474,10 +490,12 @@ class Client:
         url = (self.ws_url or _ws_url_of(self.base_url)) + "?format=msgpack&echo=0"
         request = tornado.httpclient.HTTPRequest(url, connect_timeout=CONNECT_TIMEOUT_SECS,
                                                  request_timeout=CONNECT_TIMEOUT_SECS)
+        ws = _WsConnection()
         try:
             conn = await tornado.websocket.websocket_connect(
                 request, ping_interval=WS_PING_INTERVAL_SECS, ping_timeout=WS_PING_TIMEOUT_SECS,
                 max_message_size=16 * 1024 * 1024,
+                on_message_callback=functools.partial(self._on_ws_frame, ws),
             )
         except (OSError, tornado.httpclient.HTTPClientError, tornado.websocket.WebSocketError,
                 TimeoutError) as exc:
@@ -490,50 +508,47 @@ class Client:
         # the connection's protocol object only.
         if conn.protocol is not None:
             conn.protocol.set_nodelay(True)
-        ws = _WsConnection(conn)
-        reader = asyncio.create_task(self._read_ws(ws))
+        ws.conn = conn
         try:
             await ws.call({"t": "auth", "token": await self._token()}, CALL_TIMEOUT_SECS)
         except ApiError as error:
             conn.close()
-            await reader
+            await ws.ended
             if error.code in _RELOGIN_CODES:
                 raise _Relogin(error.message) from None
             raise
         except BaseException:
             conn.close()
-            reader.cancel()
+            ws.fail_all()
             raise
-        ws.reader = reader
         return ws
 
-    async def _read_ws(self, ws: _WsConnection) -> None:
-        try:
-            while True:
-                message = await ws.conn.read_message()
-                if message is None:
-                    break
-                try:
-                    frame = (msgpack.unpackb(message, raw=False) if isinstance(message, bytes)
-                             else json.loads(message))
-                except ValueError:
-                    log.warning("%s: undecodable frame dropped", self.user)
-                    continue
-                if not isinstance(frame, dict):
-                    continue
-                kind = frame.get("t")
-                if kind == "notify":
-                    if isinstance(frame.get("seq"), int) and frame["seq"] > self.last_seq:
-                        if self.on_notify is not None:
-                            self.on_notify(frame["seq"], "ws")
-                        self._wake.set()
-                elif kind == "kicked":
-                    self.stopped_reason = "kicked"
-                elif not ws.resolve(frame) and kind == "error":
-                    log.info("%s: error frame %s: %s", self.user, frame.get("code"), frame.get("message"))
-        finally:
+    def _on_ws_frame(self, ws: _WsConnection, message: str | bytes | None) -> None:
+        """Tornado's callback for every frame of ``ws`` (None: the socket closed)."""
+        if message is None:
             ws.fail_all()
             self._wake.set()
+            return
+        try:
+            frame = msgpack.unpackb(message, raw=False) if isinstance(message, bytes) else json.loads(message)
+        except ValueError:
+            log.warning("%s: undecodable frame dropped", self.user)
+            return
+        if not isinstance(frame, dict):
+            return
+        kind = frame.get("t")
+        if kind == "notify":
+            if isinstance(frame.get("seq"), int) and frame["seq"] > self.last_seq:
+                self._wake.set()
+                if self.on_notify is not None:
+                    try:
+                        self.on_notify(frame["seq"], "ws")
+                    except Exception:  # an app hook must not close the socket (Tornado would)
+                        log.exception("%s: on_notify failed", self.user)
+        elif kind == "kicked":
+            self.stopped_reason = "kicked"
+        elif not ws.resolve(frame) and kind == "error":
+            log.info("%s: error frame %s: %s", self.user, frame.get("code"), frame.get("message"))
 
     async def _serve_ws(self, ws: _WsConnection) -> None:
         """Pull on connect and after every notify, until the socket closes."""
@@ -562,10 +577,8 @@ class Client:
         finally:
             self._flush_ack()  # what was delivered on this socket, before it goes
             self._ws = None
-            ws.conn.close()
-            if ws.reader is not None:
-                with contextlib.suppress(Exception):
-                    await ws.reader
+            ws.close()
+            await ws.ended
         if self.stopped_reason == "kicked":
             raise _Kicked("kicked")
 
