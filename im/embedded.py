@@ -7,6 +7,7 @@ class to start a throwaway store.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import socket
@@ -57,9 +58,10 @@ class EmbeddedMongo:
 
     def start(self) -> EmbeddedMongo:
         self.storage_path.mkdir(parents=True, exist_ok=True)
+        _wait_until_released(self.storage_path / "WiredTiger.lock", START_TIMEOUT_SECS)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         command = [
-            sys.executable, "-m", "secantus", "--host", self.host, "--port", str(self.port),
+            *_tied_to_this_process(), "-m", "secantus", "--host", self.host, "--port", str(self.port),
             "--storage-path", str(self.storage_path), "--log-level", "WARNING",
         ]
         if self.sync_on_commit:
@@ -98,3 +100,45 @@ class EmbeddedMongo:
         if process is not None and process.poll() is None:
             process.kill()
             process.wait()
+
+
+# Run in the child before it becomes the store: ask the kernel for SIGTERM when its parent dies
+# (prctl PR_SET_PDEATHSIG = 1, kept across exec), unless the parent is already gone, then exec.
+_TIE_TO_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(0)\n"
+    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n"
+)
+
+
+def _tied_to_this_process() -> list[str]:
+    """The interpreter command line that starts the store so that it stops when this process dies,
+    even by SIGKILL: an orphaned store keeps the data directory locked, and the next start fails
+    ("WiredTiger database is already being managed by another process"). Linux only; elsewhere the
+    store is started plainly."""
+    if not sys.platform.startswith("linux"):
+        return [sys.executable]
+    return [sys.executable, "-c", _TIE_TO_PARENT, str(os.getpid())]
+
+
+def _wait_until_released(lock_path: Path, timeout_secs: float) -> None:
+    """Wait while another store process still holds the data directory (WiredTiger's fcntl lock): a
+    store told to stop because its server died (see ``_tied_to_this_process``) may still be flushing
+    when the server is started again."""
+    if not lock_path.exists():
+        return
+    deadline = time.monotonic() + timeout_secs
+    with open(lock_path, "rb+") as lock_file:
+        while True:
+            try:
+                fcntl.lockf(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                if time.monotonic() > deadline:
+                    return  # the store's own start reports the busy directory
+                log.info("waiting for a previous SecantusDB to release %s", lock_path.parent)
+                time.sleep(0.2)
+                continue
+            fcntl.lockf(lock_file, fcntl.LOCK_UN)
+            return
