@@ -150,6 +150,7 @@ class MessagingService:
         if self.webhooks is not None:
             await self.webhooks.start()
         await self.store.ensure_indexes()
+        await self.inbox.start()
         await self.conversations.start()
         await self.presence.start()
         await self.bus.start(self.hub.deliver)
@@ -170,6 +171,7 @@ class MessagingService:
         # Acknowledgements first (long-polls' included): their delivered receipts go through the committer.
         await self.inbox.close()
         await self.committer.drain()
+        await self.inbox.save_heads(stopping=True)  # after the last batch: the counters are the heads
         await self.bus.close()
         await self.presence.close()
         if self.webhooks is not None:

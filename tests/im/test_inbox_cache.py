@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from im.errors import InvalidInput
-from im.inbox import InboxStore
+from im.inbox import HEAD_SAVE_SECS, InboxStore
 from im.inbox_cache import InboxCache
 from im.models import Draft, PullResult, direct_conversation_id
 from im.store import Store
@@ -42,6 +42,7 @@ async def test_pages_from_memory_equal_the_stores_and_cost_no_read(store: Store)
     plain = InboxStore(store, device_idle_secs=DAY_SECS, max_devices_per_user=3)
     await cached.append([draft("a", "b", f"m{i}", body={"n": i}) for i in range(12)])
     await cached.pull("b", after=0, limit=1)  # the inbox is known from here on
+    await cached.save_heads(stopping=True)  # for `plain`, which reads heads from the counters
 
     before = await store_reads(store)
     pages = [await cached.pull("b", after=after, limit=limit)
@@ -86,6 +87,7 @@ async def test_trimmed_entries_report_a_gap_like_the_store(store: Store) -> None
     plain = InboxStore(store, device_idle_secs=DAY_SECS, max_devices_per_user=3)
     await cached.append([draft("a", "b", f"m{i}") for i in range(8)])
     await cached.ack("b", "phone", upto=5)
+    await cached.save_heads(stopping=True)  # for `plain`, which reads heads from the counters
     page = await cached.pull("b", after=2, limit=10)
     assert page.gap and [m["seq"] for m in page.messages] == [6, 7, 8]
     same_page(page, await plain.pull("b", after=2, limit=10))
@@ -133,6 +135,74 @@ async def test_a_wrong_cached_head_is_detected_and_the_batch_written_again(store
     page = await node_a.pull("target", after=0, limit=50)
     assert [m["seq"] for m in page.messages][:1] == [1]
     assert await untrimmed_seqs(store, "target") == list(range(1, 7))
-    # The refused attempts' counter steps were rolled back with them: the counter is the head.
+    # Each node saves the heads it advanced when it stops (and every HEAD_SAVE_SECS): the counter is the head.
+    await node_a.save_heads(stopping=True)
+    await node_b.save_heads(stopping=True)
     assert (await store.counters.find_one({"_id": "target"}) or {}).get("seq") == 6
     assert [m["seq"] for m in (await node_b.pull("target", after=0, limit=50)).messages] == list(range(1, 7))
+
+
+async def test_a_single_writer_archives_without_counter_steps_and_saves_heads_later(store: Store) -> None:
+    """One node, the only writer: a batch is one insert; the counters follow within HEAD_SAVE_SECS."""
+    alone = cached_inbox(store)
+    await alone.append([draft("a", "b", "0")])
+    counted = await store.db.command("serverStatus")
+    await alone.append([draft("a", "b", str(i)) for i in range(1, 4)])
+    after = await store.db.command("serverStatus")
+    assert after["opcounters"]["update"] == counted["opcounters"]["update"]  # no counter step
+    assert await untrimmed_seqs(store, "b") == [1, 2, 3, 4]
+    for _ in range(40):
+        if (await store.counters.find_one({"_id": "b"}) or {}).get("seq") == 4:
+            break
+        await asyncio.sleep(HEAD_SAVE_SECS / 4)
+    assert (await store.counters.find_one({"_id": "b"}) or {}).get("seq") == 4
+
+
+async def test_a_restarted_single_writer_finds_heads_its_counters_missed(store: Store) -> None:
+    """The node stopped before its heads were saved (a crash): the next one reads the archive's keys
+    above the counters, so it neither gives a seq twice nor hides an entry."""
+    before = cached_inbox(store)
+    await before.append([draft("a", "b", str(i)) for i in range(5)])
+    await store.counters.update_many({}, {"$set": {"seq": 0}})  # as if never saved
+    after = cached_inbox(store)
+    page = await after.pull("b", after=0, limit=10)
+    assert [m["seq"] for m in page.messages] == [1, 2, 3, 4, 5] and page.head == 5
+    (receipt,) = await after.append([draft("c", "b", "next")])
+    assert receipt.seqs == {"b": 6, "c": 1}
+    assert await untrimmed_seqs(store, "b") == [1, 2, 3, 4, 5, 6]
+
+
+async def test_a_single_writer_keeps_what_an_interrupted_insert_stored(store: Store) -> None:
+    """An ordered insert stops at a client_msg_id stored before: what went in before it is kept (its
+    receipt is the one given), the duplicate gets the original receipt, and the rest is written next,
+    without a hole in any inbox."""
+    alone = cached_inbox(store)
+    (original,) = await alone.append([draft("a", "b", "dup")])
+    receipts = await alone.append([draft("a", "b", "x"), draft("a", "b", "dup"), draft("a", "b", "y")])
+    assert [r.duplicate for r in receipts] == [False, True, False]
+    assert receipts[1].msg_id == original.msg_id
+    assert [r.seqs["b"] for r in receipts] == [2, 1, 3]
+    assert await untrimmed_seqs(store, "b") == [1, 2, 3]
+    page = await alone.pull("b", after=0, limit=10)
+    assert [m["client_msg_id"] for m in page.messages] == ["dup", "x", "y"]
+
+
+async def test_a_cluster_node_after_a_crashed_single_node_raises_the_counters_at_start(store: Store) -> None:
+    """A single node marks its counters as possibly behind while it runs and as saved when it stops; a
+    cluster node starting after a crash (no such stop) brings every counter up to the archive's keys,
+    so its pulls, which trust the counters, show every stored entry."""
+    alone = cached_inbox(store)
+    await alone.start()
+    await alone.append([draft("a", "b", str(i)) for i in range(3)])
+    await store.counters.update_many({}, {"$set": {"seq": 0}})  # crashed before saving its heads
+    shared = cached_inbox(store, authoritative=False)
+    await shared.start()
+    page = await shared.pull("b", after=0, limit=10)
+    assert [m["seq"] for m in page.messages] == [1, 2, 3] and page.head == 3
+
+    again = cached_inbox(store)
+    await again.start()
+    await again.append([draft("a", "b", "3")])
+    await again.save_heads(stopping=True)
+    assert (await store.db["meta"].find_one({"_id": "heads"}) or {}).get("saved") is True
+    assert (await store.counters.find_one({"_id": "b"}) or {}).get("seq") == 4
