@@ -38,12 +38,15 @@ class EmbeddedMongo:
     """Start, locate and stop one SecantusDB process with its data under ``storage_path``."""
 
     def __init__(self, storage_path: str | os.PathLike[str], *, port: int = 0, host: str = "127.0.0.1",
-                 log_path: str | os.PathLike[str] | None = None, sync_on_commit: bool = True) -> None:
+                 log_path: str | os.PathLike[str] | None = None, sync_on_commit: bool = True,
+                 stop_with_parent: bool = True) -> None:
         self.storage_path = Path(storage_path)
         self.host = host
         self.port = port or free_port(host)
         self.log_path = Path(log_path) if log_path else self.storage_path.parent / "secantus.log"
         self.sync_on_commit = sync_on_commit
+        # False for a launcher that exits and leaves the store running (scripts/cluster.py).
+        self.stop_with_parent = stop_with_parent
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -60,8 +63,9 @@ class EmbeddedMongo:
         self.storage_path.mkdir(parents=True, exist_ok=True)
         _wait_until_released(self.storage_path / "WiredTiger.lock", START_TIMEOUT_SECS)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        interpreter = _tied_to_this_process() if self.stop_with_parent else [sys.executable]
         command = [
-            *_tied_to_this_process(), "-m", "secantus", "--host", self.host, "--port", str(self.port),
+            *interpreter, "-m", "secantus", "--host", self.host, "--port", str(self.port),
             "--storage-path", str(self.storage_path), "--log-level", "WARNING",
         ]
         if self.sync_on_commit:

@@ -140,7 +140,9 @@ def start(args: argparse.Namespace) -> int:
         state_path.write_text(json.dumps(state, indent=2))
 
     try:
-        mongo = EmbeddedMongo(base / "mongo", port=args.mongo_port, log_path=logs / "secantus.log").start()
+        # Outlives this launcher: `stop` ends it by the pid saved below.
+        mongo = EmbeddedMongo(base / "mongo", port=args.mongo_port, log_path=logs / "secantus.log",
+                              stop_with_parent=False).start()
         assert mongo.pid is not None
         pids["secantus"] = mongo.pid
         save()
