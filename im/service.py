@@ -327,7 +327,8 @@ class MessagingService:
             return
         # Through the committer like any message: durable, ordered in the sender's inbox, notified.
         drafts = [d for reader, touched in by_reader.items() for d in receipt_drafts(reader, status, touched)]
-        await asyncio.gather(*(self.committer.submit(d) for d in drafts))
+        # Futures, not coroutines: gather would wrap each coroutine in a task of its own.
+        await asyncio.gather(*(self.committer.enqueue(d) for d in drafts))
         await self.conversations.receipts.record(status, by_reader)
 
     async def _write_and_notify(self, drafts: Sequence[Draft]) -> list[Receipt]:
