@@ -79,6 +79,7 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
         # The newest frame written, and the task waiting for the peer to take a backlog (if any).
         self._last_write: asyncio.Future[None] | None = None
         self._draining: asyncio.Task[None] | None = None
+        self._rechecking: asyncio.Task[None] | None = None
         self._closed = False
 
     # -- handshake ------------------------------------------------------------------------------------
@@ -287,14 +288,39 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
     def inbox_changed(self, seq: int) -> None:
         """Hub callback: notify now, or, while the peer is not taking what was written to it, once it
         has (coalesced: only the newest seq waits)."""
-        if 0 < seq <= self._own_upto:
-            return  # this socket's own sends: its client has them from the `sent` replies
         if seq == 0:
-            seq = max(self._sent_seq, 0)  # "re-check": send the last known head again
-            self._sent_seq = -1
+            self._recheck()
+            return
+        if seq <= self._own_upto:
+            return  # this socket's own sends: its client has them from the `sent` replies
         self._pending_seq = max(self._pending_seq, seq)
         if self._draining is None:
             self._flush_notify()
+
+    def _recheck(self) -> None:
+        """Notifies may have been lost (the hub's poke after a Redis outage): read the inbox head from
+        the store and notify it, even if that seq was notified before. Resending the last notified seq
+        instead did not make a client pull what was stored while notifies were lost: it already held
+        that seq and ignored the notify (found by the Redis kill test: acknowledged messages stayed
+        undelivered until the user's next message)."""
+        if self._closed or self.principal is None or self._rechecking is not None:
+            return
+        self._rechecking = asyncio.create_task(self._notify_head(self.principal))
+
+    async def _notify_head(self, principal: Principal) -> None:
+        try:
+            head = await self.service.inbox_head(principal)
+        except ImError as error:
+            log.warning("ws %s: inbox head not read for a re-check (%s); notifying the last seq again",
+                        self._who(), error.message)
+            head = max(self._sent_seq, 0)
+        finally:
+            self._rechecking = None
+        if head > 0:
+            self._pending_seq = max(self._pending_seq, head)
+            self._sent_seq = min(self._sent_seq, head - 1)
+            if self._draining is None:
+                self._flush_notify()
 
     def _flush_notify(self) -> None:
         if self._pending_seq > self._sent_seq and not self._closed:
@@ -364,6 +390,8 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
             self._auth_timer.cancel()
         if self._draining is not None:
             self._draining.cancel()
+        if self._rechecking is not None:
+            self._rechecking.cancel()
         if self.principal is not None:
             self.service.disconnect(self.principal, self)
 

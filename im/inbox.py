@@ -586,6 +586,9 @@ class InboxStore:
             cache.committed(user, epoch=epoch, head=head, messages=messages)
         return PullResult(messages=messages, next=end, head=head, epoch=epoch, gap=gap, more=end < head)
 
+    async def head(self, user: str) -> int:
+        return (await self._known_heads([user]))[user][0]
+
     def pull_cached(self, user: str, *, after: int, limit: int) -> PullResult | None:
         """What :meth:`pull` returns, when this node knows the head for sure (the only writer) and holds
         every entry of the page in memory; else None (the store must answer)."""

@@ -372,6 +372,10 @@ class MessagingService:
         self.metrics.messages_delivered.inc(len(result.messages))
         return result
 
+    async def inbox_head(self, principal: Principal) -> int:
+        """The highest seq of the user's inbox (what a re-check notifies)."""
+        return await self.inbox.head(principal.user)
+
     def pull_cached(self, principal: Principal, *, after: int, limit: int) -> PullResult | None:
         """:meth:`pull` answered at once from this node's memory, or None when that needs the store.
 

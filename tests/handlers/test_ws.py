@@ -12,6 +12,7 @@ import msgpack
 import pytest
 
 from config import Settings
+from im.models import Draft, direct_conversation_id
 from tests.conftest import make_settings
 from tests.helpers import Node, drain_inbox, untrimmed_seqs
 
@@ -247,3 +248,21 @@ async def test_a_pull_served_from_memory_and_one_from_the_store_answer_alike(mon
         finally:
             await node.stop()
     assert pages[0] == pages[1] == {"next": 3, "head": 3, "more": False, "bodies": ["m1", "m2"], "seqs": [2, 3]}
+
+
+async def test_a_re_check_notifies_the_stored_head_so_the_client_pulls_what_it_missed(node: Node) -> None:
+    """After notifies may have been lost (the hub's poke, e.g. after a Redis outage) a socket is told
+    the inbox head read from the store, even when it notified that head's predecessor before: the
+    client then pulls what was stored while it heard nothing."""
+    alice, bob = await node.user("alice"), await node.user("bob")
+    async with node.ws(bob) as b:
+        await node.send(alice, "bob", "heard")
+        assert await b.notify() == 1
+        # Stored without a notify, as on another node while this one was not subscribed.
+        await node.service.inbox.append([Draft(sender="alice", to="bob", conv=direct_conversation_id("alice", "bob"),
+                                                kind="text", body="missed", client_msg_id="quiet",
+                                                recipients=("bob", "alice"))])
+        node.service.hub.poke_all()
+        assert await b.notify() == 2
+        page = await b.pull(1)
+        assert [m["body"] for m in page["messages"]] == ["missed"]
