@@ -6,12 +6,13 @@ document however many inboxes it enters (a one-to-one message used to cost an ar
 entry documents, and later two deletes), and trimming an inbox is moving its floor, not deleting
 documents. The archive keeps every message anyway, so nothing is stored twice.
 
-Why one transaction per batch: the counter ``$inc`` and the archive documents with their inbox keys
-commit together. A seq is therefore never allocated without its entry (no hole a puller could skip, no
-gap after a crash). Keys are never deleted, so the unique index also refuses a seq that was ever given:
-a writer with a wrong idea of a head fails and reads the heads instead of reusing a seq. Many
-concurrent sends share one transaction (see ``im/committer.py``), which is what makes the store's
-per-write cost affordable.
+How a seq is never allocated without its entry (no hole a puller could skip, no gap after a crash):
+cluster nodes claim seqs with a counter ``$inc`` in the same transaction as the archive documents; a
+single node (the only writer) numbers from the heads it knows and stores the batch with one ordered
+insert, whose partial outcome is always a prefix (see ``_write_alone``). Keys are never deleted, so the
+unique index also refuses a seq that was ever given: a writer with a wrong idea of a head fails and
+reads the heads instead of reusing a seq. Many concurrent sends share one write (see
+``im/committer.py``), which is what makes the store's per-write cost affordable.
 """
 
 from __future__ import annotations
@@ -407,7 +408,7 @@ class InboxStore:
     async def _load_heads(self, users: Sequence[str]) -> dict[str, tuple[int, str]]:
         """``(head, epoch)`` of inboxes read from the store, and told to the cache.
 
-        A single writer saves counters after the fact (``_save_heads``), so a counter may be behind the
+        A single writer saves counters after the fact (``save_heads``), so a counter may be behind the
         archive's keys after a crash: the keys above it are read too. Shared writers keep counters exact.
         """
         counters = self._store.counters
@@ -554,7 +555,7 @@ class InboxStore:
     async def pull(self, user: str, *, after: int, limit: int) -> PullResult:
         """Up to ``limit`` entries with seq > ``after``, in seq order.
 
-        The range is bounded on both sides by the counter (SecantusDB reads every match before limiting).
+        The range is bounded on both sides by the head (SecantusDB reads every match before limiting).
         A device behind the floor (it was idle while the others acknowledged) gets ``gap``: it should
         reload history, then go on from the floor. The floor and the range are read together; the floor
         only rises, and trimming deletes nothing, so a range read before a trim is still whole.
