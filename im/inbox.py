@@ -40,6 +40,7 @@ from im.inbox_cache import InboxCache
 from im.models import AckResult, Draft, PullResult, Receipt
 from im.store import (
     INBOX_KEY_FIELD,
+    META_COLLECTION,
     Store,
     dedup_key,
     inbox_key,
@@ -65,8 +66,7 @@ HEAD_PROBE_PAGE = 1000
 # the counter steps it replaced. A crash leaves counters up to this long behind, which only lengthens
 # the read of keys above them when the heads are next loaded.
 HEAD_SAVE_SECS = 5.0
-# The document of the store's ``meta`` collection saying whether a single writer's heads were saved.
-META_COLLECTION = "meta"
+# The document of the store's meta collection saying whether a single writer's heads were saved.
 HEADS_STATE = "heads"
 # Entries about to be trimmed are read in bounded pages of this many seqs (delivered receipts).
 TRIM_READ_PAGE = 500

@@ -32,12 +32,14 @@ from pymongo.write_concern import WriteConcern
 from im.errors import ConflictError, StoreUnavailable
 
 __all__ = [
-    "INBOX_KEY_FIELD", "Store", "dedup_key", "inbox_key", "inbox_key_conflict", "inbox_range",
-    "is_duplicate_key_only", "new_epoch", "store_errors", "utcnow",
+    "INBOX_KEY_FIELD", "META_COLLECTION", "Store", "dedup_key", "inbox_key", "inbox_key_conflict",
+    "inbox_range", "is_duplicate_key_only", "new_epoch", "store_errors", "utcnow",
 ]
 
 log = logging.getLogger(__name__)
 
+# The collection of the database's own bookkeeping: its schema version, whether inbox heads were saved.
+META_COLLECTION = "meta"
 # Version of the data layout; ``Store._migrate`` brings older databases up to it.
 SCHEMA_VERSION = 2
 # Archived messages updated per bulk write when a migration gives them a new field.
@@ -169,7 +171,7 @@ class Store:
         archive, which already had each message's recipients and seqs (``rcpt``). The old ``inbox``
         collection is left as it was (an older version can still run on it) and no longer read.
         """
-        meta = self.db["meta"]
+        meta = self.db[META_COLLECTION]
         doc = await meta.find_one({"_id": "schema"})
         if doc is not None and doc["version"] >= SCHEMA_VERSION:
             return
