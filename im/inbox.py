@@ -72,7 +72,8 @@ HEADS_STATE = "heads"
 TRIM_READ_PAGE = 500
 # Acknowledgements written together (one cursor bulk write, one trim bulk write per batch).
 ACK_MAX_BATCH = 512
-# Inboxes whose last trim time is remembered (for the trim interval); older ones may trim at once.
+# Inboxes whose last trim time (for the trim interval) and floor are remembered; older ones may trim
+# at once, and a held ack of one reports floor 0 until its next write.
 LAST_TRIM_USERS = 100_000
 
 
@@ -96,6 +97,14 @@ class _Ack:
     device: str | None
     upto: int
     now: datetime
+
+
+def _remember(recent: OrderedDict[str, Any], user: str, value: Any) -> None:
+    """Keep ``value`` for ``user`` among the ``LAST_TRIM_USERS`` most recently touched inboxes."""
+    recent[user] = value
+    recent.move_to_end(user)
+    if len(recent) > LAST_TRIM_USERS:
+        recent.popitem(last=False)
 
 
 def _merged(seen: _Ack | None, a: _Ack) -> _Ack:
@@ -367,8 +376,7 @@ class InboxStore:
             raise _heads_disagree(per_inbox) from None
         except BulkWriteError as exc:  # only a duplicate client_msg_id gets here (see store_errors)
             raise _WriteAgain({}, "a duplicate client_msg_id raced in") from exc
-        if self.cache is not None:
-            self._cache_committed(batch.drafts, receipts, epochs)
+        self._cache_committed(batch.drafts, receipts, epochs)
         return receipts
 
     def _cache_committed(self, drafts: Sequence[Draft], receipts: Mapping[tuple[str, str], Receipt],
@@ -461,10 +469,14 @@ class InboxStore:
         behind = {user: head for user, head in zip(users, found, strict=True) if head > stored.get(user, 0)}
         if behind:
             log.warning("inbox counters behind the archive for %d inbox(es); raising them", len(behind))
-            async with store_errors("repairing inbox counters"):
-                await self._store.counters.bulk_write(
-                    [UpdateOne({"_id": user}, {"$max": {"seq": head}}) for user, head in behind.items()],
-                    ordered=False)
+            await self._raise_counters(behind, "repairing inbox counters")
+
+    async def _raise_counters(self, heads: Mapping[str, int], what: str) -> None:
+        """One unordered ``$max`` per inbox: a counter only ever moves up."""
+        async with store_errors(what):
+            await self._store.counters.bulk_write(
+                [UpdateOne({"_id": user}, {"$max": {"seq": head}}) for user, head in heads.items()],
+                ordered=False)
 
     async def start(self) -> None:
         """Mark the counters as possibly behind (single writer), or bring them up to the archive's keys
@@ -519,10 +531,7 @@ class InboxStore:
         unsaved, self._unsaved_heads = self._unsaved_heads, {}
         if unsaved:
             try:
-                async with store_errors("saving inbox heads"):
-                    await self._store.counters.bulk_write(
-                        [UpdateOne({"_id": user}, {"$max": {"seq": seq}}) for user, seq in unsaved.items()],
-                        ordered=False)
+                await self._raise_counters(unsaved, "saving inbox heads")
             except StoreUnavailable as exc:
                 log.warning("inbox heads not saved (%s); trying again", exc.message)
                 for user, seq in unsaved.items():
@@ -709,9 +718,7 @@ class InboxStore:
             return None
         devices = self._held.setdefault(a.user, {})
         devices[a.device] = _merged(devices.get(a.device), a)
-        if a.user not in self._retrims:
-            self._retrims[a.user] = asyncio.get_running_loop().call_later(
-                last + self._trim_interval_secs - now, self._retrim, a.user)
+        self._schedule_retrim(a.user, last, now)
         return AckResult(cursor=devices[a.device].upto, trimmed=self._floors.get(a.user, 0))
 
     async def _plan_acks(self, latest: Mapping[tuple[str, str], _Ack], retrims: Sequence[str]) -> _AckPlan:
@@ -755,15 +762,16 @@ class InboxStore:
         now = time.monotonic()
         last = self._last_trim.get(user)
         if last is not None and now - last < self._trim_interval_secs:
-            if user not in self._retrims:
-                self._retrims[user] = asyncio.get_running_loop().call_later(
-                    last + self._trim_interval_secs - now, self._retrim, user)
+            self._schedule_retrim(user, last, now)
             return False
-        self._last_trim[user] = now
-        self._last_trim.move_to_end(user)
-        if len(self._last_trim) > LAST_TRIM_USERS:
-            self._last_trim.popitem(last=False)
+        _remember(self._last_trim, user, now)
         return True
+
+    def _schedule_retrim(self, user: str, last: float, now: float) -> None:
+        """Trim ``user``'s inbox when the interval since its last trim (at ``last``) ends, once."""
+        if user not in self._retrims:
+            self._retrims[user] = asyncio.get_running_loop().call_later(
+                last + self._trim_interval_secs - now, self._retrim, user)
 
     def _retrim(self, user: str) -> None:
         del self._retrims[user]
@@ -819,10 +827,7 @@ class InboxStore:
         if plan.latest or plan.trims:
             await self._transaction("acknowledging", write)
         for user in {user for user, _ in plan.latest} | set(plan.trims):
-            self._floors[user] = plan.floor(user)
-            self._floors.move_to_end(user)
-            if len(self._floors) > LAST_TRIM_USERS:
-                self._floors.popitem(last=False)
+            _remember(self._floors, user, plan.floor(user))
         if self.cache is not None:
             for user, (_, high) in plan.trims.items():
                 self.cache.trimmed(user, high)
