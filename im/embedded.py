@@ -39,7 +39,7 @@ class EmbeddedMongo:
 
     def __init__(self, storage_path: str | os.PathLike[str], *, port: int = 0, host: str = "127.0.0.1",
                  log_path: str | os.PathLike[str] | None = None, sync_on_commit: bool = True,
-                 stop_with_parent: bool = True) -> None:
+                 stop_with_parent: bool = True, standalone: bool = True) -> None:
         self.storage_path = Path(storage_path)
         self.host = host
         self.port = port or free_port(host)
@@ -47,6 +47,8 @@ class EmbeddedMongo:
         self.sync_on_commit = sync_on_commit
         # False for a launcher that exits and leaves the store running (scripts/cluster.py).
         self.stop_with_parent = stop_with_parent
+        # False advertises a single-node replica set (change streams need it; we use none).
+        self.standalone = standalone
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -74,6 +76,12 @@ class EmbeddedMongo:
             # here: batched message transactions ~227/s with it vs ~271/s without (group commit pays
             # one fsync per batch).
             command.append("--sync-on-commit")
+        if self.standalone:
+            # Without the single-node replica-set advertisement SecantusDB keeps no oplog: no second
+            # encode and write per stored document. Nothing here reads the oplog (no change streams;
+            # nodes notify through Redis), and transactions work without it. Measured here: inserting
+            # archive-like documents with our indexes cost 0.40 ms of store CPU each instead of 0.47.
+            command.append("--standalone")
         log.info("starting embedded SecantusDB on %s:%d with data in %s", self.host, self.port,
                  self.storage_path)
         with open(self.log_path, "ab") as log_file:
