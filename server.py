@@ -18,6 +18,7 @@ import tornado.httpserver
 from config import Settings, SettingsError, load_settings
 from handlers.app import make_app
 from handlers.base import hard_body_limit
+from im import eventloop
 from im.logging_setup import configure_logging
 from im.runtime import Runtime
 
@@ -46,7 +47,8 @@ async def serve(settings: Settings) -> None:
     # collections 233-300 ms in all over a run (longest 54 ms) before, 73-84 ms (longest 37-42) after.
     gc.collect()
     gc.freeze()
-    log.info("listening on http://%s:%d (node %s)", settings.host, settings.port, settings.effective_node_id)
+    log.info("listening on http://%s:%d (node %s, %s)", settings.host, settings.port,
+             settings.effective_node_id, eventloop.loop_name())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -70,7 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"im-server: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(serve(settings))
+    try:
+        eventloop.run(serve(settings), settings.event_loop)
+    except eventloop.LoopUnavailable as exc:
+        print(f"im-server: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -21,6 +21,8 @@ import msgpack
 import tornado.web
 import tornado.websocket
 
+from im import eventloop
+
 __all__ = ["make_app"]
 
 
@@ -89,7 +91,7 @@ async def serve(port: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
-    asyncio.run(serve(parser.parse_args().port))
+    eventloop.run(serve(parser.parse_args().port))  # the loop our server runs on: a like-for-like ceiling
     return 0
 
 

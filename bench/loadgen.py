@@ -33,6 +33,7 @@ from pymongo import AsyncMongoClient
 from bench.procs import raise_nofile_limit, rss_kb
 from bench.stats import summarize
 from bench.targets import ImTarget, Target, make_target
+from im import eventloop
 
 __all__ = ["Recorder", "main"]
 
@@ -628,7 +629,7 @@ def main() -> int:
     )
     raise_nofile_limit()
     spec = json.loads(sys.stdin.readline())  # idle workers then read commands from the following lines
-    result = asyncio.run(run(spec))
+    result = eventloop.run(run(spec))
     print(json.dumps(result))
     return 0
 

@@ -124,7 +124,9 @@ def _markdown(results: dict[str, Any], plots: list[str], before: dict[str, Any] 
         "",
         f"One run of `python -m bench.run`, {results.get('started', '')} to {results.get('finished', '')} "
         f"({_fmt(results.get('wall_secs', math.nan), 0)} s), on {machine.get('cpus', '?')} cores, "
-        f"Python {machine.get('python', '?')}. Every server, the store and every load generator ran on this "
+        f"Python {machine.get('python', '?')}, event loop {machine.get('event_loop', 'asyncio')} (ours, the "
+        "baselines, the store baseline's client and the load generators alike). Every server, the store and "
+        "every load generator ran on this "
         "machine at once, so the load generator's CPU is part of every figure (its share of one core is "
         "in the tables). Figures are from this one run; the summary quotes medians and ratios.",
         "",

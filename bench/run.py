@@ -47,6 +47,7 @@ from bench.procs import (
     run_json,
     wait_for_port,
 )
+from im import eventloop
 from im.embedded import EmbeddedMongo, free_port
 
 __all__ = ["main"]
@@ -591,7 +592,8 @@ def _http_json(url: str, body: dict[str, Any], *, token: str) -> dict[str, Any]:
 def _machine() -> dict[str, Any]:
     import platform
 
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "event_loop": "uvloop" if eventloop.loop_factory() else "asyncio"}
 
 
 def parse_args(argv: list[str] | None) -> tuple[Sizes, argparse.Namespace]:

@@ -15,6 +15,8 @@ from typing import Any
 import socketio
 from aiohttp import web
 
+from im import eventloop
+
 __all__ = ["make_app"]
 
 
@@ -60,7 +62,9 @@ def make_app() -> web.Application:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
-    web.run_app(make_app(), host="127.0.0.1", port=parser.parse_args().port, print=None, handle_signals=True)
+    factory = eventloop.loop_factory()  # the loop our server runs on
+    web.run_app(make_app(), host="127.0.0.1", port=parser.parse_args().port, print=None, handle_signals=True,
+                loop=factory() if factory else None)
     return 0
 
 

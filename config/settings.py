@@ -121,6 +121,7 @@ class Settings:
         False, "take client addresses from X-Forwarded-For/X-Real-IP (only behind a trusted proxy)"
     )
     log_level: str = _setting("INFO", "logging level")
+    event_loop: str = _setting("auto", "event loop: auto (uvloop when installed), uvloop, or asyncio")
     static_dir: str = _setting("", "directory of the web client (default: the bundled static/)")
 
     # Observability and integration
@@ -184,6 +185,8 @@ class Settings:
             raise SettingsError("heartbeat_secs must be positive and below presence_ttl_secs")
         if self.log_format not in ("text", "json"):
             raise SettingsError("log_format must be 'text' or 'json'")
+        if self.event_loop not in ("auto", "uvloop", "asyncio"):
+            raise SettingsError("event_loop must be 'auto', 'uvloop' or 'asyncio'")
         self._validate_webhooks()
         self._validate_conversations()
         for name in ("presence_linger_secs", "ack_linger_secs", "trim_interval_secs", "inbox_cache_entries"):

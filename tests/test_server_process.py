@@ -27,8 +27,9 @@ def _call(port: int, method: str, path: str, body: dict | None = None, token: st
         return json.loads(response.read())
 
 
-def _start(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+def _start(data_dir: Path, port: int, **settings: str) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IM_")}
+    env.update({f"IM_{name.upper()}": value for name, value in settings.items()})
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "server.py"), "--port", str(port), "--data-dir", str(data_dir)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -66,8 +67,10 @@ def test_embedded_server_runs_restarts_and_keeps_messages(tmp_path: Path) -> Non
     finally:
         output = _stop(process)
     assert "generated one into" in output  # the server says it generated the JWT secret
+    assert ", uvloop)" in output  # the default loop, installed with the server
 
-    process = _start(data_dir, port)
+    # The same data on asyncio's own loop (IM_EVENT_LOOP=asyncio, for where uvloop is not wanted).
+    process = _start(data_dir, port, event_loop="asyncio")
     try:
         bob = _call(port, "POST", "/api/v1/tokens", {"user": "bob", "password": "long password"})["token"]
         assert _call(port, "GET", "/api/v1/inbox?after=0", token=bob)[
@@ -75,7 +78,8 @@ def test_embedded_server_runs_restarts_and_keeps_messages(tmp_path: Path) -> Non
         # The token issued before the restart is still valid: the generated secret was kept.
         assert _call(port, "GET", "/api/v1/inbox?after=0", token=token)["head"] == 1
     finally:
-        _stop(process)
+        output = _stop(process)
+    assert ", asyncio)" in output
 
 
 def test_a_killed_server_restarts_without_losing_or_reusing_a_seq(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ def test_defaults_env_and_flags() -> None:
     ({"IM_LONG_POLL_DEFAULT_SECS": "90"}, "long_poll_default_secs"),
     ({"IM_WRITE_CONCERN": "some"}, "write_concern"),
     ({"IM_PULL_MAX_LIMIT": "0"}, "pull_max_limit"),
+    ({"IM_EVENT_LOOP": "trio"}, "event_loop"),
 ])
 def test_bad_values_are_refused_naming_the_setting(env: dict, message: str) -> None:
     with pytest.raises(SettingsError, match=message):
