@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import json
 import logging
@@ -181,14 +182,16 @@ async def generate(
     secs: float,
     senders: Sequence[tuple[Target, Callable[[Target, str], Any]]],
     pad_chars: int,
-) -> list[asyncio.Task[None]]:
+) -> set[asyncio.Task[None]]:
     """Open-loop: issue ``rate`` sends per second for ``secs``, spread round-robin over ``senders``.
 
     ``senders`` pairs a target with the coroutine function that sends one body from it. Sends do not
     wait for each other; a sender with too many unanswered sends skips (see MAX_IN_FLIGHT_PER_SENDER).
     """
     in_flight = [0] * len(senders)
-    tasks: list[asyncio.Task[None]] = []
+    # Only the sends still open: a step issues thousands, and keeping the finished ones made the
+    # collector scan them all for the rest of the step.
+    tasks: set[asyncio.Task[None]] = set()
     counter = itertools.count()
     turn = itertools.cycle(range(len(senders)))
 
@@ -214,7 +217,9 @@ async def generate(
             if in_flight[index] >= MAX_IN_FLIGHT_PER_SENDER:
                 recorder.skipped += 1
             else:
-                tasks.append(asyncio.create_task(one(index)))
+                task = asyncio.create_task(one(index))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
         issued += max(due, 0)
         await asyncio.sleep(TICK_SECS)
     return tasks
@@ -264,7 +269,7 @@ async def run_step(
     end = time.monotonic()
     deadline = end + drain_secs
     if tasks:
-        await asyncio.wait(tasks, timeout=max(0.01, deadline - time.monotonic()))
+        await asyncio.wait(set(tasks), timeout=max(0.01, deadline - time.monotonic()))
     await recorder.wait_delivered(recorder.sent_ok * fanout, deadline - time.monotonic())
     ops_after = await counters.read() if counters else {}
     window = end - start
@@ -291,11 +296,11 @@ async def run_step(
         "store_ops_per_delivery": {
             k: (ops_after[k] - ops_before.get(k, 0)) / max(1, recorder.delivered) for k in ops_after
         },
-        "sends_open_at_step_end": sum(1 for t in tasks if not t.done()),
+        "sends_open_at_step_end": len(tasks),
         "delivered_at_step_end": recorder.delivered,
     }
     finish_step(step, recorder)
-    step["_tasks"] = [t for t in tasks if not t.done()]
+    step["_tasks"] = list(tasks)
     return step
 
 
@@ -370,6 +375,14 @@ async def _warm_up(
     return step
 
 
+def _freeze_heap() -> None:
+    """Call once the clients are connected: what exists then lives until the end, so the collector
+    stops scanning it. Measured at 1,000 msg/s: full collections of the generator's heap took up to
+    118 ms, a stall of every client that the report would count as the server's latency."""
+    gc.collect()
+    gc.freeze()
+
+
 def _touch(path: str, text: str) -> None:
     """A tiny local file write (a marker for the orchestrator); not worth an executor round trip."""
     Path(path).write_text(text)
@@ -388,6 +401,7 @@ async def chat(spec: dict[str, Any], http: tornado.httpclient.AsyncHTTPClient) -
     connect_started = time.monotonic()
     errors = await open_all(targets)
     connect_secs = time.monotonic() - connect_started
+    _freeze_heap()
     senders: list[tuple[Target, Callable[[Target, str], Any]]] = []
     for first, second in zip(targets[::2], targets[1::2], strict=True):
         senders.append((first, lambda t, b, to=second.user: _send_direct(t, to, b)))
@@ -455,6 +469,7 @@ async def group(spec: dict[str, Any], http: tornado.httpclient.AsyncHTTPClient) 
     name, mode = spec["group"], spec.get("mode", "group")
     for target in targets:
         await target.join(name)
+    _freeze_heap()
     members = [t.user for t in targets]
 
     async def send_group(target: Target, body: str) -> None:
