@@ -43,7 +43,11 @@ def _start(data_dir: Path, port: int, **settings: str) -> subprocess.Popen[bytes
             time.sleep(0.2)
         assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
     process.kill()
-    raise AssertionError("server did not become healthy")
+    output = process.communicate(timeout=30)[0].decode()
+    store_log = data_dir / "secantus.log"
+    store_tail = store_log.read_text(errors="replace")[-3000:] if store_log.exists() else "(no store log)"
+    raise AssertionError(f"server did not become healthy\n--- server output:\n{output}\n"
+                         f"--- store log (tail):\n{store_tail}")
 
 
 def _stop(process: subprocess.Popen[bytes]) -> str:
