@@ -34,7 +34,10 @@ def _start(data_dir: Path, port: int, **settings: str) -> subprocess.Popen[bytes
         [sys.executable, str(ROOT / "server.py"), "--port", str(port), "--data-dir", str(data_dir)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 60
+    # Longer than the server itself waits for a previous store to release the data directory (60 s):
+    # a store told to stop by a killed server may be slow to flush on a loaded machine, and then the
+    # server's own error, not this deadline, should say so.
+    deadline = time.monotonic() + 150
     while time.monotonic() < deadline:
         try:
             if _call(port, "GET", "/healthz")["status"] == "ok":
