@@ -114,13 +114,30 @@ class EmbeddedMongo:
             process.wait()
 
 
-# Run in the child before it becomes the store: ask the kernel for SIGTERM when its parent dies
-# (prctl PR_SET_PDEATHSIG = 1, kept across exec), unless the parent is already gone, then exec.
+# Run in the child before it becomes the store (argv: the server's pid, then the store's command line).
+# It forks a watcher, then execs the store, keeping its pid. The watcher, a shell, polls the store's
+# parent twice a second; once the server is gone (the store was handed to another parent), it sends
+# the store one SIGTERM, so the store flushes and exits, and the watcher exits too. The watcher is
+# SIGKILLed by the kernel when the store goes first (prctl PR_SET_PDEATHSIG = 1, kept across exec).
+#
+# Why not PR_SET_PDEATHSIG on the store itself: the signal comes each time the store's parent thread
+# ends, and a killed server's threads end one by one, so the store got SIGTERM several times in a row.
+# SecantusDB's handler is not reentrant: a second SIGTERM inside the first deadlocked it (found by the
+# kill -9 test), the store kept the data directory locked, and the next start failed.
+_WATCH_STORE = (
+    'while read -r _ _ _ ppid _ < "/proc/$2/stat" && [ "$ppid" = "$1" ]; do sleep 0.5; done; '
+    '[ -e "/proc/$2" ] && kill -TERM "$2"'
+)
 _TIE_TO_PARENT = (
     "import ctypes, os, signal, sys\n"
-    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)\n"
-    "if os.getppid() != int(sys.argv[1]):\n"
+    "server, store = int(sys.argv[1]), os.getpid()\n"
+    "if os.getppid() != server:\n"
     "    sys.exit(0)\n"
+    "if os.fork() == 0:\n"
+    "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)\n"
+    "    if os.getppid() != store:\n"
+    "        os._exit(0)\n"
+    f"    os.execv('/bin/sh', ['sh', '-c', {_WATCH_STORE!r}, 'im-store-watch', str(server), str(store)])\n"
     "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n"
 )
 
