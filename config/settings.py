@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from im.eventloop import CHOICES as EVENT_LOOPS
+
 __all__ = ["Settings", "SettingsError", "build_arg_parser", "load_settings"]
 
 
@@ -185,8 +187,8 @@ class Settings:
             raise SettingsError("heartbeat_secs must be positive and below presence_ttl_secs")
         if self.log_format not in ("text", "json"):
             raise SettingsError("log_format must be 'text' or 'json'")
-        if self.event_loop not in ("auto", "uvloop", "asyncio"):
-            raise SettingsError("event_loop must be 'auto', 'uvloop' or 'asyncio'")
+        if self.event_loop not in EVENT_LOOPS:
+            raise SettingsError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}")
         self._validate_webhooks()
         self._validate_conversations()
         for name in ("presence_linger_secs", "ack_linger_secs", "trim_interval_secs", "inbox_cache_entries"):
