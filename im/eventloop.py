@@ -11,7 +11,6 @@ group commits small (batches of ~15 instead of drifting to 100-180).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -31,11 +30,13 @@ def loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEventLoop
     """What ``asyncio.Runner`` should make the loop with (None: asyncio's default loop)."""
     if choice not in CHOICES:
         raise ValueError(f"event loop must be one of {', '.join(CHOICES)}, not {choice!r}")
-    if choice == "asyncio" or (choice == "auto" and importlib.util.find_spec("uvloop") is None):
+    if choice == "asyncio":
         return None
     try:
         import uvloop
     except ImportError:
+        if choice == "auto":
+            return None
         raise LoopUnavailable("event loop 'uvloop' was asked for, but uvloop is not installed") from None
     return uvloop.new_event_loop
 
