@@ -124,6 +124,46 @@ async def test_idle_device_stops_holding_back_and_then_sees_a_gap(inbox: InboxSt
     assert page.next == 4 and page.messages == []
 
 
+async def stored_cursor(store: Store, user: str, device: str) -> int | None:
+    doc = await store.cursors.find_one({"_id": f"{user}/{device}"})
+    return None if doc is None else doc["seq"]
+
+
+async def test_an_only_devices_cursor_is_written_lazily_and_refreshed(inbox: InboxStore, store: Store) -> None:
+    """A user's only device: its first ack writes its cursor; later ones move the floor alone until the
+    stored cursor is older than the refresh interval (a minute here: a tenth of a day would be more)."""
+    await inbox.append([draft("a", "b", str(i)) for i in range(6)])
+    start = datetime.now(UTC)
+    assert (await inbox.ack("b", "phone", upto=2, now=start)).trimmed == 2
+    assert await stored_cursor(store, "b", "phone") == 2
+    result = await inbox.ack("b", "phone", upto=4, now=start + timedelta(seconds=30))
+    assert (result.cursor, result.trimmed) == (4, 4)
+    assert await untrimmed_seqs(store, "b") == [5, 6]
+    assert await stored_cursor(store, "b", "phone") == 2  # behind the floor: never above the device
+    await inbox.ack("b", "phone", upto=5, now=start + timedelta(seconds=61))
+    assert await stored_cursor(store, "b", "phone") == 5
+    assert await untrimmed_seqs(store, "b") == [6]
+
+
+async def test_a_second_device_is_never_trimmed_past_and_makes_cursors_exact(
+        inbox: InboxStore, store: Store) -> None:
+    """Once a user has two devices every ack writes its cursor, and the floor waits for the slower
+    device, even though the first device's stored cursor was behind when the second appeared."""
+    await inbox.append([draft("a", "b", str(i)) for i in range(8)])
+    await inbox.ack("b", "phone", upto=1)
+    await inbox.ack("b", "phone", upto=4)  # lazily: the floor is 4, the stored cursor 1
+    assert await stored_cursor(store, "b", "phone") == 1
+    assert (await inbox.ack("b", "tablet", upto=2)).trimmed == 4  # a floor never goes down
+    assert await stored_cursor(store, "b", "tablet") == 2
+    result = await inbox.ack("b", "phone", upto=8)
+    assert (result.cursor, result.trimmed) == (8, 4)  # held back by the tablet at 2
+    assert await stored_cursor(store, "b", "phone") == 8
+    assert await untrimmed_seqs(store, "b") == [5, 6, 7, 8]
+    assert (await inbox.ack("b", "tablet", upto=7)).trimmed == 7
+    assert await stored_cursor(store, "b", "tablet") == 7
+    assert await untrimmed_seqs(store, "b") == [8]
+
+
 async def test_ack_beyond_head_is_refused_and_changes_nothing(inbox: InboxStore, store: Store) -> None:
     await inbox.append([draft("a", "b", "1")])
     with pytest.raises(InvalidInput) as err:
@@ -196,11 +236,11 @@ async def test_acks_inside_the_trim_interval_are_written_with_the_next_trim(stor
         if await untrimmed_seqs(store, "b") == [6, 7, 8]:
             break
         await asyncio.sleep(0.05)
-    assert await untrimmed_seqs(store, "b") == [6, 7, 8]
-    assert (await store.cursors.find_one({"_id": "b/phone"}) or {})["seq"] == 5
+    assert await untrimmed_seqs(store, "b") == [6, 7, 8]  # the held ack, written as the floor
+    # The phone is b's only device and its cursor is recent: the floor holds its progress.
+    assert (await store.cursors.find_one({"_id": "b/phone"}) or {})["seq"] == 2
 
     assert (await inbox.ack("b", "phone", upto=6)).trimmed == 6  # the interval is over: written now
     assert (await inbox.ack("b", "phone", upto=8)).cursor == 8  # held again
     await inbox.close()
-    assert (await store.cursors.find_one({"_id": "b/phone"}) or {})["seq"] == 8
     assert await untrimmed_seqs(store, "b") == []
