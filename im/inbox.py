@@ -99,8 +99,8 @@ class _Ack:
     now: datetime
 
 
-# A single-device user's cursor is written at most this often (see ``_cursor_due``), and never less
-# often than a tenth of the device idle time, so that staleness cannot make an active device look idle.
+# A single-device user's stored cursor is rewritten once it is this old (see ``_cursor_due``), or a
+# tenth of the device idle time when that is shorter: staleness must not make an active device look idle.
 CURSOR_REFRESH_SECS = 60.0
 
 
