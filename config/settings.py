@@ -44,6 +44,9 @@ class Settings:
     write_concern: str = _setting("majority", "write concern of message writes: majority or a number")
     journal: bool = _setting(True, "ask the store to journal message writes before acknowledging them")
     store_timeout_secs: float = _setting(10.0, "server selection / socket timeout towards the store")
+    mongo_max_idle_secs: float = _setting(
+        30.0, "a store connection unused this long is closed (the pool shrinks back after a burst); 0: kept"
+    )
 
     # Redis (cluster mode)
     redis_url: str = _setting("", "Redis URL; empty runs single-node with the in-process bus")
@@ -191,7 +194,8 @@ class Settings:
             raise SettingsError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}")
         self._validate_webhooks()
         self._validate_conversations()
-        for name in ("presence_linger_secs", "ack_linger_secs", "trim_interval_secs", "inbox_cache_entries"):
+        for name in ("presence_linger_secs", "ack_linger_secs", "trim_interval_secs", "inbox_cache_entries",
+                     "mongo_max_idle_secs"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must not be negative")
         return self

@@ -83,6 +83,7 @@ class Runtime:
             store = Store(
                 mongo_url, settings.mongo_db, write_concern=settings.write_concern,
                 journal=settings.journal, timeout_secs=settings.store_timeout_secs,
+                max_idle_secs=settings.mongo_max_idle_secs,
             )
             secret = settings.jwt_secret or load_or_create_secret(settings.data_dir, "jwt_secret")
             metrics = Metrics()

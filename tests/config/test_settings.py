@@ -28,6 +28,7 @@ def test_defaults_env_and_flags() -> None:
     ({"IM_WRITE_CONCERN": "some"}, "write_concern"),
     ({"IM_PULL_MAX_LIMIT": "0"}, "pull_max_limit"),
     ({"IM_EVENT_LOOP": "trio"}, "event_loop"),
+    ({"IM_MONGO_MAX_IDLE_SECS": "-1"}, "mongo_max_idle_secs"),
 ])
 def test_bad_values_are_refused_naming_the_setting(env: dict, message: str) -> None:
     with pytest.raises(SettingsError, match=message):
