@@ -26,6 +26,10 @@ __all__ = ["IdleWorkers", "measure_idle"]
 CLIENTS_PER_WORKER = 4000
 # Connected clients may fall this short of the target before a phase counts as done (a few slow ones).
 PARKED_SHARE = 0.99
+# After the clients left: how long to wait for the server's descriptors to be back to where they were.
+# The store driver closes connections unused for IM_MONGO_MAX_IDLE_SECS (30 s by default) and prunes
+# about once a second; the burst of logins opened up to its pool size (100).
+DESCRIPTORS_BACK_TIMEOUT_SECS = 75.0
 
 
 class IdleWorkers:
@@ -224,6 +228,11 @@ def measure_idle(
         leave_secs = time.monotonic() - started
         time.sleep(settle_secs)
         after = _reading(pid, port, url)
+        started = time.monotonic()
+        _wait_until(lambda: fd_count(pid) <= before["fds"], timeout_secs=DESCRIPTORS_BACK_TIMEOUT_SECS,
+                    interval_secs=0.5)
+        fds_back_secs = time.monotonic() - started
+        after_pool = _reading(pid, port, url)
     finally:
         timeline.stop()
         workers.close()
@@ -245,6 +254,8 @@ def measure_idle(
         "with_all": with_all,
         "after_hold": after_hold,
         "after": after,
+        "after_pool": after_pool,
+        "fds_back_secs": fds_back_secs,
         "ws_connect_secs": ws_secs,
         "lp_connect_secs": lp_secs,
         "leave_secs": leave_secs,

@@ -83,6 +83,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         "poll_answer_p99_at_target_rate_ms": _notify_p99(at_target, "longpoll"),
         "rss_per_conn_kb": per_conn,
         "clients_back": bool(idle) and idle["after"]["clients"] <= idle["before"]["clients"],
+        "fds_back": bool(idle) and idle.get("after_pool", {}).get("fds", math.inf) <= idle["before"]["fds"],
         "tornado_best": best_delivered(_steps(results, "tornado")),
         "sio_best": best_delivered(_steps(results, "sio")),
     }
@@ -184,6 +185,12 @@ def _markdown(results: dict[str, Any], plots: list[str], before: dict[str, Any] 
                 _yes(h["clients_back"]),
             ),
             (
+                "server descriptors back to baseline after clients left (store pool idled out)",
+                "yes" if h["fds_back"] else "no",
+                "yes",
+                _yes(h["fds_back"]),
+            ),
+            (
                 "ours / bare Tornado (best delivered msg/s)",
                 _times(ratio(h["ours_best_delivered_per_sec"], h["tornado_best"])),
                 "",
@@ -256,6 +263,25 @@ def _limit_note(results: dict[str, Any]) -> list[str]:
 
 def _times(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:,.2f}x"
+
+
+def _pool_row(idle: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The idle table's last row: once the store driver closed the connections the burst opened."""
+    pool = idle.get("after_pool")
+    if not pool:
+        return []
+    label = f"+ {_fmt(idle['fds_back_secs'])} s, store pool idled out"
+    return [(label, pool["rss_kb"] / 1024, pool["fds"], pool["clients"], pool.get("ws"),
+             pool.get("lp_waiters"), "")]
+
+
+def _descriptors_back(idle: dict[str, Any]) -> str:
+    pool = idle.get("after_pool")
+    if not pool:
+        return ""
+    return (f" The server's descriptors were {pool['fds']} (before the phase: {idle['before']['fds']}) "
+            f"{_fmt(idle['fds_back_secs'])} s later: the store driver closes the connections the burst "
+            "of logins opened once they are unused for `IM_MONGO_MAX_IDLE_SECS` (30 s by default).")
 
 
 def _yes(ok: bool) -> str:
@@ -511,8 +537,9 @@ def _idle_section(results: dict[str, Any]) -> list[str]:
         f"{idle['ws']:,} WebSocket clients connect and authenticate, then {idle['longpoll']:,} long-poll "
         "clients park a poll; server RSS (VmRSS of /proc/<pid>/status) and open descriptors are read "
         "before, after each phase, after holding every connection idle for "
-        f"{_fmt(idle.get('hold_secs', 0), 0)} s and after every client left. Per connection = RSS delta / "
-        "connections. Client connections: established TCP connections on the server's port (from "
+        f"{_fmt(idle.get('hold_secs', 0), 0)} s, after every client left, and once the server's "
+        "descriptors were back to their count before the phase (or a 75 s timeout). Per connection = "
+        "RSS delta / connections. Client connections: established TCP connections on the server's port (from "
         "/proc/<pid>/net/tcp); other descriptors are the store driver's pool. `ws` and `parked polls` "
         "are the server's own gauges from `/metrics` (`im_connections{transport=\"ws\"}`, "
         "`im_long_poll_waiters`): a phase ends when the server holds them, not when the clients say so.",
@@ -567,6 +594,7 @@ def _idle_section(results: dict[str, Any]) -> list[str]:
                 after.get("lp_waiters"),
                 "",
             ),
+            *_pool_row(idle),
         ],
     )
     connect_secs = idle["ws_connect_secs"] + idle["lp_connect_secs"]
@@ -577,7 +605,7 @@ def _idle_section(results: dict[str, Any]) -> list[str]:
         f"({_fmt(idle['longpoll'] / max(1e-9, idle['lp_connect_secs']), 0)}/s), "
         f"{_fmt(connect_secs)} s in all, at most {idle.get('connect_concurrency', '?')} clients "
         "connecting at a time; client connections were back to the baseline within "
-        f"{_fmt(idle['leave_secs'])} s of the clients leaving. Connect errors: "
+        f"{_fmt(idle['leave_secs'])} s of the clients leaving.{_descriptors_back(idle)} Connect errors: "
         f"{idle['connect_error_count']}. SDK reconnects: {idle.get('reconnects_after_ws', 0)} while the "
         f"WebSockets connected, {idle.get('reconnects_after_connect', 0)} after the long-polls too, "
         f"{idle.get('reconnects_after_hold', 0)} after the idle hold, {idle.get('client_reconnects', 0)} "
