@@ -256,6 +256,7 @@ def measure_idle(
         "after": after,
         "after_pool": after_pool,
         "fds_back_secs": fds_back_secs,
+        "fds_back_timeout_secs": DESCRIPTORS_BACK_TIMEOUT_SECS,
         "ws_connect_secs": ws_secs,
         "lp_connect_secs": lp_secs,
         "leave_secs": leave_secs,

@@ -281,7 +281,7 @@ def _descriptors_back(idle: dict[str, Any]) -> str:
         return ""
     return (f" The server's descriptors were {pool['fds']} (before the phase: {idle['before']['fds']}) "
             f"{_fmt(idle['fds_back_secs'])} s later: the store driver closes the connections the burst "
-            "of logins opened once they are unused for `IM_MONGO_MAX_IDLE_SECS` (30 s by default).")
+            "of logins opened once they are unused for `IM_MONGO_MAX_IDLE_SECS`.")
 
 
 def _yes(ok: bool) -> str:
@@ -538,7 +538,8 @@ def _idle_section(results: dict[str, Any]) -> list[str]:
         "clients park a poll; server RSS (VmRSS of /proc/<pid>/status) and open descriptors are read "
         "before, after each phase, after holding every connection idle for "
         f"{_fmt(idle.get('hold_secs', 0), 0)} s, after every client left, and once the server's "
-        "descriptors were back to their count before the phase (or a 75 s timeout). Per connection = "
+        "descriptors were back to their count before the phase (or "
+        f"{_fmt(idle.get('fds_back_timeout_secs'), 0)} s had passed). Per connection = "
         "RSS delta / connections. Client connections: established TCP connections on the server's port (from "
         "/proc/<pid>/net/tcp); other descriptors are the store driver's pool. `ws` and `parked polls` "
         "are the server's own gauges from `/metrics` (`im_connections{transport=\"ws\"}`, "
