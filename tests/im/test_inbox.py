@@ -231,14 +231,14 @@ async def test_acks_inside_the_trim_interval_are_written_with_the_next_trim(stor
     assert (first.cursor, first.trimmed) == (2, 2)
     held = await inbox.ack("b", "phone", upto=5)
     assert (held.cursor, held.trimmed) == (5, 2)
-    assert (await store.cursors.find_one({"_id": "b/phone"}) or {})["seq"] == 2  # not written yet
+    assert await stored_cursor(store, "b", "phone") == 2  # not written yet
     for _ in range(60):
         if await untrimmed_seqs(store, "b") == [6, 7, 8]:
             break
         await asyncio.sleep(0.05)
     assert await untrimmed_seqs(store, "b") == [6, 7, 8]  # the held ack, written as the floor
     # The phone is b's only device and its cursor is recent: the floor holds its progress.
-    assert (await store.cursors.find_one({"_id": "b/phone"}) or {})["seq"] == 2
+    assert await stored_cursor(store, "b", "phone") == 2
 
     assert (await inbox.ack("b", "phone", upto=6)).trimmed == 6  # the interval is over: written now
     assert (await inbox.ack("b", "phone", upto=8)).cursor == 8  # held again
