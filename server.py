@@ -18,8 +18,8 @@ import tornado.httpserver
 from config import Settings, SettingsError, load_settings
 from handlers.app import make_app
 from handlers.base import hard_body_limit
-from im import eventloop
-from im.logging_setup import configure_logging
+from im.ops import eventloop
+from im.ops.logging_setup import configure_logging
 from im.runtime import Runtime
 
 log = logging.getLogger("im.server")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from im.auth import Principal, TokenIssuer, hash_password
-from im.store import Store
+from im.accounts.auth import Principal, TokenIssuer, hash_password
+from im.storage.store import Store
 
 __all__ = ["BENCH_PASSWORD", "create_users", "mint_tokens"]
 

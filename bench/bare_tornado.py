@@ -21,7 +21,7 @@ import msgpack
 import tornado.web
 import tornado.websocket
 
-from im import eventloop
+from im.ops import eventloop
 
 __all__ = ["make_app"]
 

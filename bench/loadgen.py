@@ -34,7 +34,7 @@ from pymongo import AsyncMongoClient
 from bench.procs import raise_nofile_limit, rss_kb
 from bench.stats import summarize
 from bench.targets import ImTarget, Target, make_target
-from im import eventloop
+from im.ops import eventloop
 
 __all__ = ["Recorder", "main"]
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from im.childproc import port_open
+from im.storage.childproc import port_open
 
 __all__ = [
     "Proc",

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.run            # the full run (~5 minutes on 2 cores)
     .venv/bin/python -m bench.run --quick    # the smallest sizes (a smoke run, ~1 minute)
 
-One fresh SecantusDB (the embedded store, ``im/embedded.py``) serves the whole run: the raw insert
+One fresh SecantusDB (the embedded store, ``im/storage/embedded.py``) serves the whole run: the raw insert
 baseline measures it, then the server under test (``python server.py``, its own process) uses it.
 The baselines' servers (bare Tornado, python-socketio) and the load generators are processes of their
 own; only one server is up at a time, so no measurement competes with another.
@@ -47,8 +47,8 @@ from bench.procs import (
     run_json,
     wait_for_port,
 )
-from im import eventloop
-from im.embedded import EmbeddedMongo, free_port
+from im.ops import eventloop
+from im.storage.embedded import EmbeddedMongo, free_port
 
 __all__ = ["main"]
 

@@ -15,7 +15,7 @@ from typing import Any
 import socketio
 from aiohttp import web
 
-from im import eventloop
+from im.ops import eventloop
 
 __all__ = ["make_app"]
 

@@ -18,7 +18,7 @@ from bson import ObjectId
 from pymongo import AsyncMongoClient
 from pymongo.write_concern import WriteConcern
 
-from im import eventloop
+from im.ops import eventloop
 
 __all__ = ["measure"]
 

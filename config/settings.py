@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from im.eventloop import CHOICES as EVENT_LOOPS
+from im.ops.eventloop import CHOICES as EVENT_LOOPS
 
 __all__ = ["Settings", "SettingsError", "build_arg_parser", "load_settings"]
 

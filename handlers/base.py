@@ -10,9 +10,9 @@ import tornado.web
 
 from config import Settings
 from handlers.errors import http_status
-from im.auth import Principal, parse_bearer
+from im.accounts.auth import Principal, parse_bearer
 from im.errors import AuthError, ImError, TooLarge
-from im.logging_setup import REQUEST_ID, request_id_from
+from im.ops.logging_setup import REQUEST_ID, request_id_from
 from im.protocol import decode_json_body
 from im.service import MessagingService
 

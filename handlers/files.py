@@ -14,8 +14,8 @@ import logging
 from urllib.parse import quote
 
 from handlers.base import ApiHandler
+from im.conversations.files import Upload
 from im.errors import ImError, TooLarge
-from im.files import Upload
 from im.protocol import read_group_id, read_str, read_user_id
 
 __all__ = ["FileHandler", "FilesHandler"]

@@ -9,7 +9,7 @@ import tornado.web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from handlers.base import ApiHandler
-from im.metrics import Metrics
+from im.ops.metrics import Metrics
 
 __all__ = ["MetricsHandler", "access_logger"]
 

@@ -11,22 +11,22 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from config import Settings
-from im.auth import TokenIssuer
-from im.bus import Bus, LocalBus
-from im.bus.redis import RedisBus
-from im.conversations import Conversations
-from im.embedded import EmbeddedMongo
-from im.hub import Hub
-from im.inbox import InboxStore
-from im.inbox_cache import InboxCache
-from im.keys import KEYS_COLLECTION, keyring_from
-from im.metrics import Metrics
-from im.presence import LocalPresence, Presence, RedisKeys, RedisPresence
-from im.ratelimit import Limits
-from im.secrets_file import load_or_create_secret
+from im.accounts.auth import TokenIssuer
+from im.cluster.bus import Bus, LocalBus
+from im.cluster.presence import LocalPresence, Presence, RedisKeys, RedisPresence
+from im.cluster.redis_bus import RedisBus
+from im.conversations.keys import KEYS_COLLECTION, keyring_from
+from im.conversations.service import Conversations
+from im.delivery.cache import InboxCache
+from im.delivery.hub import Hub
+from im.delivery.inbox import InboxStore
+from im.limits import Limits
+from im.ops.metrics import Metrics
+from im.ops.webhooks import webhooks_from
 from im.service import MessagingService
-from im.store import Store
-from im.webhooks import webhooks_from
+from im.storage.embedded import EmbeddedMongo
+from im.storage.secrets_file import load_or_create_secret
+from im.storage.store import Store
 
 __all__ = ["Runtime"]
 
@@ -144,7 +144,7 @@ def _cluster_parts(settings: Settings, hub: Hub) -> tuple[Redis, RedisBus, Redis
         socket_connect_timeout=REDIS_SOCKET_TIMEOUT_SECS, health_check_interval=REDIS_HEALTH_CHECK_SECS,
         # One immediate retry on a connection error only: a pooled connection that went stale when
         # Redis restarted is replaced transparently; outages themselves are handled by the callers
-        # (see im.bus.redis), never by waiting here.
+        # (see im.cluster.redis_bus), never by waiting here.
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     keys = RedisKeys(settings.redis_prefix)

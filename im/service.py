@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from im.auth import (
+from im.accounts.auth import (
     MAX_PASSWORD_CHARS,
     MIN_PASSWORD_CHARS,
     Principal,
@@ -23,18 +23,9 @@ from im.auth import (
     hash_password,
     verify_password,
 )
-from im.bus import Bus
-from im.committer import GroupCommitter
-from im.conversations import Conversations, Target
-from im.errors import AuthError, ConflictError, InvalidInput, RateLimited
-from im.hub import Hub
-from im.inbox import InboxStore, TrimmedEntry
-from im.metrics import Metrics
-from im.models import AckResult, Draft, PullResult, Receipt
-from im.presence import Connection, LocalPresence, OnlinePage, Presence, PresenceInfo
-from im.protocol import SendRequest
-from im.ratelimit import Limits
-from im.receipts import (
+from im.cluster.bus import Bus
+from im.cluster.presence import Connection, LocalPresence, OnlinePage, Presence, PresenceInfo
+from im.conversations.receipts import (
     DELIVERED,
     READ,
     RECEIPT_KIND,
@@ -43,8 +34,17 @@ from im.receipts import (
     receipt_drafts,
     wants_receipt,
 )
-from im.store import Store
-from im.webhooks import WebhookSender, message_event
+from im.conversations.service import Conversations, Target
+from im.delivery.batching import GroupCommitter
+from im.delivery.hub import Hub
+from im.delivery.inbox import InboxStore, TrimmedEntry
+from im.errors import AuthError, ConflictError, InvalidInput, RateLimited
+from im.limits import Limits
+from im.models import AckResult, Draft, PullResult, Receipt
+from im.ops.metrics import Metrics
+from im.ops.webhooks import WebhookSender, message_event
+from im.protocol import SendRequest
+from im.storage.store import Store
 
 __all__ = ["MessagingService"]
 

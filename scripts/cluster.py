@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from im.embedded import EmbeddedMongo  # noqa: E402 - after the sys.path line above
+from im.storage.embedded import EmbeddedMongo  # noqa: E402 - after the sys.path line above
 
 TEMPLATE = ROOT / "deploy" / "nginx.conf.template"
 STATE_FILE = "cluster.json"

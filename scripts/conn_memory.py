@@ -75,7 +75,7 @@ def _dump(directory: Path) -> None:
 def serve(dump_dir: Path, trace_frames: int) -> None:
     """Run the real server (settings from ``IM_*``) with the dump hook installed."""
     from config import load_settings
-    from im.logging_setup import configure_logging
+    from im.ops.logging_setup import configure_logging
     from server import serve as run_server
 
     if trace_frames:
@@ -239,7 +239,7 @@ class Driver:
             raise RuntimeError(f"clients failed on {command!r}; see {self.workdir}/clients.log")
 
     def run(self) -> None:
-        from im.embedded import EmbeddedMongo, free_port
+        from im.storage.embedded import EmbeddedMongo, free_port
 
         args = self.args
         raise_nofile_limit()

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from config import Settings, load_settings
-from im.embedded import EmbeddedMongo, free_port
+from im.storage.embedded import EmbeddedMongo, free_port
 from tests.helpers import Node
 
 TEST_JWT_SECRET = "test-secret-" + "x" * 40

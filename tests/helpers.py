@@ -21,7 +21,7 @@ import tornado.websocket
 
 from config import Settings
 from im.runtime import Runtime
-from im.store import SEQ_DIGITS, Store, inbox_range
+from im.storage.store import SEQ_DIGITS, Store, inbox_range
 
 PASSWORD = "correct horse battery"
 _ids = itertools.count(1)

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from pymongo import MongoClient
 
 from handlers.app import build_routes
-from im.embedded import free_port
+from im.storage.embedded import free_port
 from tests.conftest import TEST_JWT_SECRET
 from tests.reliability_report import record
 

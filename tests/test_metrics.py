@@ -8,7 +8,13 @@ import json
 import logging
 import re
 
-from im.logging_setup import REQUEST_ID, JsonFormatter, RequestIdFilter, configure_logging, request_id_from
+from im.ops.logging_setup import (
+    REQUEST_ID,
+    JsonFormatter,
+    RequestIdFilter,
+    configure_logging,
+    request_id_from,
+)
 from tests.helpers import Node
 
 

@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from im.embedded import free_port
+from im.storage.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

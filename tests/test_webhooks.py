@@ -15,8 +15,8 @@ import tornado.httpserver
 import tornado.web
 
 from config import SettingsError
-from im.embedded import EmbeddedMongo, free_port
-from im.webhooks import WebhookSender, retry_delay_secs, sign, verify
+from im.ops.webhooks import WebhookSender, retry_delay_secs, sign, verify
+from im.storage.embedded import EmbeddedMongo, free_port
 from tests.conftest import make_settings
 from tests.helpers import Node
 

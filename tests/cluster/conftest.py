@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from im.embedded import EmbeddedMongo, free_port
+from im.storage.embedded import EmbeddedMongo, free_port
 from tests.cluster.procs import NodeProcess, RedisServer, node_env
 
 StartNodes = Callable[..., list[NodeProcess]]

@@ -17,8 +17,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from im import childproc
-from im.childproc import stop_process
+from im.storage import childproc
+from im.storage.childproc import stop_process
 from tests.conftest import TEST_JWT_SECRET
 from tests.helpers import Node
 

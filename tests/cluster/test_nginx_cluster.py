@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from im.embedded import free_port
+from im.storage.embedded import free_port
 from tests.cluster.exchange import POLL_TIMEOUT_SECS
 from tests.cluster.procs import ROOT, RemoteNode
 

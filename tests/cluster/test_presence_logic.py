@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from config import SettingsError, load_settings
-from im.bus.redis import merge_heads, retry_due
-from im.presence import (
+from im.cluster.presence import (
     ConnectionTable,
     beat_due,
     decode_entry,
@@ -16,6 +15,7 @@ from im.presence import (
     merge_pages,
     next_wakeup_secs,
 )
+from im.cluster.redis_bus import merge_heads, retry_due
 
 
 def test_heartbeat_is_due_first_and_then_every_interval() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from config import Settings, SettingsError, load_settings
-from im.secrets_file import load_or_create_secret
+from im.storage.secrets_file import load_or_create_secret
 
 ROOT = Path(__file__).resolve().parents[2]
 

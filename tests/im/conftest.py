@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from im.embedded import EmbeddedMongo
-from im.store import Store
+from im.storage.embedded import EmbeddedMongo
+from im.storage.store import Store
 
 
 @pytest.fixture

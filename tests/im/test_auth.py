@@ -9,7 +9,7 @@ import time
 import jwt
 import pytest
 
-from im.auth import Principal, TokenIssuer, hash_password, parse_bearer, verify_password
+from im.accounts.auth import Principal, TokenIssuer, hash_password, parse_bearer, verify_password
 from im.errors import AuthError
 
 SECRET = "s" * 40

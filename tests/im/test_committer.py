@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from im.committer import NaturalBatcher
+from im.delivery.batching import NaturalBatcher
 
 
 class Store:

@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from im.conversations.groups import GroupStore
+from im.conversations.history import history_windows
+from im.conversations.receipts import MAX_IDS_PER_RECEIPT, Touched, receipt_drafts, wants_receipt
 from im.errors import ConflictError
-from im.groups import GroupStore
-from im.history import history_windows
 from im.protocol import parse_read, parse_send
-from im.receipts import MAX_IDS_PER_RECEIPT, Touched, receipt_drafts, wants_receipt
-from im.store import Store
+from im.storage.store import Store
 
 
 def test_receipt_drafts_group_by_sender_and_are_deterministic() -> None:

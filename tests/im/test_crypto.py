@@ -11,12 +11,12 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from im.crypto import SEGMENT_PLAIN_BYTES, KeyRing, MasterKey, SegmentSealer, open_segment
+from im.conversations.crypto import SEGMENT_PLAIN_BYTES, KeyRing, MasterKey, SegmentSealer, open_segment
+from im.conversations.keys import rotate_master_key
+from im.delivery.inbox import InboxStore
 from im.errors import StoreUnavailable
-from im.inbox import InboxStore
-from im.keys import rotate_master_key
 from im.models import Draft
-from im.store import Store
+from im.storage.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,7 +97,7 @@ async def test_rotation_rewraps_every_data_key(store: Store) -> None:
 
 
 def test_rotation_command(mongo, db_name: str, tmp_path: Path) -> None:
-    """``python -m im.keys rotate`` as an operator runs it, against the real store."""
+    """``python -m im.conversations.keys rotate`` as an operator runs it, against the real store."""
 
     async def seed() -> None:
         s = Store(mongo.url, db_name, write_concern="1")
@@ -111,7 +111,7 @@ def test_rotation_command(mongo, db_name: str, tmp_path: Path) -> None:
     asyncio.run(seed())
     env = {k: v for k, v in os.environ.items() if not k.startswith("IM_")}
     (tmp_path / "master_key").write_text("k-old\n")
-    command = [sys.executable, "-m", "im.keys", "rotate", "--new", "k-new", "--write-key-file",
+    command = [sys.executable, "-m", "im.conversations.keys", "rotate", "--new", "k-new", "--write-key-file",
                "--mongo-url", mongo.url, "--mongo-db", db_name, "--data-dir", str(tmp_path)]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -121,6 +121,6 @@ def test_rotation_command(mongo, db_name: str, tmp_path: Path) -> None:
                            capture_output=True, text=True, timeout=60)
     assert wrong.returncode == 1  # nothing was wrapped by "nope": refused, and the key file is kept
     assert (tmp_path / "master_key").read_text().strip() == "k-new"
-    new = subprocess.run([sys.executable, "-m", "im.keys", "new"], cwd=ROOT, env=env, capture_output=True,
+    new = subprocess.run([sys.executable, "-m", "im.conversations.keys", "new"], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=60)
     assert new.returncode == 0 and len(new.stdout.strip()) >= 40

@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from im.delivery.inbox import CursorState, InboxStore, trim_floor
 from im.errors import InvalidInput
-from im.inbox import CursorState, InboxStore, trim_floor
 from im.models import Draft, direct_conversation_id
-from im.store import Store
+from im.storage.store import Store
 from tests.helpers import untrimmed_seqs
 
 DAY_SECS = 24 * 3600

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
+from im.delivery.cache import InboxCache
+from im.delivery.inbox import InboxStore
 from im.errors import InvalidInput
-from im.inbox import InboxStore
-from im.inbox_cache import InboxCache
 from im.models import Draft, PullResult, direct_conversation_id
-from im.store import Store
+from im.storage.store import Store
 from tests.helpers import untrimmed_seqs
 
 DAY_SECS = 24 * 3600

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from im.errors import RateLimited
-from im.ratelimit import Bucket, RateLimiter, take
+from im.limits import Bucket, RateLimiter, take
 
 
 def test_take_allows_burst_then_asks_to_wait() -> None:

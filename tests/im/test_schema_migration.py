@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 from bson import ObjectId
 
-from im.embedded import EmbeddedMongo
-from im.inbox import InboxStore
+from im.delivery.inbox import InboxStore
 from im.models import Draft, direct_conversation_id
-from im.store import SCHEMA_VERSION, Store
+from im.storage.embedded import EmbeddedMongo
+from im.storage.store import SCHEMA_VERSION, Store
 
 
 async def test_a_version_1_archive_gets_its_inbox_keys_and_its_inboxes_read_on(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 
-from im.embedded import EmbeddedMongo
-from im.store import Store
+from im.storage.embedded import EmbeddedMongo
+from im.storage.store import Store
 
 
 def open_sockets() -> int:

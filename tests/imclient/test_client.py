@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from config import Settings
-from im.embedded import free_port
+from im.storage.embedded import free_port
 from imclient import ApiError, Client, SendFailed
 from tests.helpers import PASSWORD, Node
 from tests.imclient.support import Inbox, ReplyDroppingProxy

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from im.embedded import EmbeddedMongo
+from im.storage.embedded import EmbeddedMongo
 from tests.cluster.conftest import StartNodes
 from tests.cluster.procs import NodeProcess
 from tests.reliability_report import record

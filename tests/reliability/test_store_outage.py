@@ -8,7 +8,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from im.embedded import EmbeddedMongo
+from im.storage.embedded import EmbeddedMongo
 from tests.conftest import make_settings
 from tests.helpers import Node, drain_inbox
 from tests.reliability_report import record

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from im.childproc import port_open, stop_process
+from im.storage.childproc import port_open, stop_process
 
 __all__ = ["EmbeddedMongo", "free_port"]
 

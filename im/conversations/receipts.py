@@ -26,7 +26,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from im.errors import InvalidInput
 from im.models import Draft
-from im.store import store_errors
+from im.storage.store import store_errors
 
 __all__ = ["DELIVERED", "READ", "RECEIPT_KIND", "ReceiptStore", "Touched", "parse_msg_id", "receipt_drafts"]
 

@@ -1,7 +1,7 @@
 """MongoDB access through PyMongo's ``AsyncMongoClient`` (the successor of Motor).
 
 This module owns the client, the collections and their indexes, and translates driver errors into
-domain errors at the boundary. Query logic lives with its use: users here, inboxes in ``im/inbox.py``.
+domain errors at the boundary. Query logic lives with its use: inboxes in ``im/delivery/``.
 
 SecantusDB notes (see shared DESIGN.md section 7): connect with ``retryWrites=false``, and bound every
 range query on both sides, because it reads all matches before applying sort and limit.
@@ -160,7 +160,7 @@ class Store:
         """Create the indexes the queries and invariants rely on (idempotent)."""
         async with store_errors("creating indexes"):
             await self._migrate()
-            # The inboxes: unique, so a seq once given is never given again (see im/inbox.py).
+            # The inboxes: unique, so a seq once given is never given again (see im/delivery/inbox.py).
             await self.messages.create_index(
                 [(INBOX_KEY_FIELD, ASCENDING)], unique=True, name="inbox_key_unique")
             # Idempotent sends: a retry with the same client_msg_id finds the original. The key is

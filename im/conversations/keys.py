@@ -4,14 +4,15 @@ Rotating the master key (``IM_MASTER_KEY``) without downtime::
 
     1. restart the nodes with IM_MASTER_KEY=<new> and IM_MASTER_OLD_KEYS=<old>
        (they wrap new data keys with the new key and still unwrap the old ones);
-    2. python -m im.keys rotate --old <old> --new <new>  [the server's flags, e.g. --mongo-url ...]
+    2. python -m im.conversations.keys rotate --old <old> --new <new>
+       [the server's flags, e.g. --mongo-url ...]
        (re-wraps every data key; safe to run again, it only touches keys still wrapped by <old>);
     3. restart the nodes without IM_MASTER_OLD_KEYS.
 
 With the generated key (no IM_MASTER_KEY), <old> is the content of ``<data_dir>/master_key``; add
 ``--write-key-file`` to store <new> there (mode 0600) once the data keys are re-wrapped. Message bodies
 are not re-encrypted: they are encrypted with the data keys, which do not change.
-``python -m im.keys new`` prints a fresh random key.
+``python -m im.conversations.keys new`` prints a fresh random key.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from bson import Binary
 from pymongo.asynchronous.collection import AsyncCollection
 
 from config import Settings, load_settings
-from im.crypto import KeyRing, MasterKey
-from im.secrets_file import load_or_create_secret
+from im.conversations.crypto import KeyRing, MasterKey
+from im.storage.secrets_file import load_or_create_secret
 
 __all__ = ["keyring_from", "main", "rotate_master_key"]
 
@@ -84,8 +85,8 @@ async def rotate_master_key(collection: AsyncCollection[dict[str, Any]], old: st
 
 
 async def _rotate(settings: Settings, old: str, new: str) -> tuple[int, int]:
-    from im.embedded import EmbeddedMongo
-    from im.store import Store
+    from im.storage.embedded import EmbeddedMongo
+    from im.storage.store import Store
 
     embedded = None
     url = settings.mongo_url
@@ -119,7 +120,8 @@ def _write_key_file(data_dir: str, secret: str) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m im.keys", description="Master key tools (see the module docstring for rotation).",
+        prog="python -m im.conversations.keys",
+        description="Master key tools (see the module docstring for rotation).",
         epilog="Other flags are the server's (python server.py --help), e.g. --mongo-url, --mongo-db.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,18 +140,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not old:
         key_file = Path(settings.data_dir) / MASTER_KEY_FILE
         if not key_file.exists():
-            print(f"im.keys: no --old given and no {key_file}", file=sys.stderr)
+            print(f"im.conversations.keys: no --old given and no {key_file}", file=sys.stderr)
             return 2
         old = key_file.read_text().strip()
     try:
         rotated, left = asyncio.run(_rotate(settings, old, args.new))
     except ValueError as exc:
-        print(f"im.keys: {exc}", file=sys.stderr)
+        print(f"im.conversations.keys: {exc}", file=sys.stderr)
         return 1
     print(f"re-wrapped {rotated} data key(s); {left} still wrapped by another key")
     if left:
         # Some keys were wrapped by neither: keep the key file as it is, or they could become unreadable.
-        print("im.keys: not every data key is wrapped by the new key; check --old", file=sys.stderr)
+        print("im.conversations.keys: not every data key is wrapped by the new key; check --old",
+              file=sys.stderr)
         return 1
     if args.write_key_file:
         print(f"wrote the new key to {_write_key_file(settings.data_dir, args.new)}")

@@ -17,9 +17,9 @@ from bson import ObjectId
 from pymongo import DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
-from im.crypto import KeyRing
-from im.receipts import RECEIPT_KIND
-from im.store import store_errors, utcnow
+from im.conversations.crypto import KeyRing
+from im.conversations.receipts import RECEIPT_KIND
+from im.storage.store import store_errors, utcnow
 
 __all__ = ["HistoryReader", "history_windows"]
 

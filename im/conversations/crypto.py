@@ -4,7 +4,7 @@ Why two levels: every message body and file of a conversation is encrypted with 
 random 256-bit data key; the data keys are stored in the ``conv_keys`` collection, each encrypted
 ("wrapped") by the master key (``IM_MASTER_KEY``, or a key generated into the data dir). A database dump
 alone therefore reveals no body, and rotating the master key re-wraps a few hundred bytes per
-conversation instead of re-encrypting every message (``python -m im.keys rotate``).
+conversation instead of re-encrypting every message (``python -m im.conversations.keys rotate``).
 
 Caveats: the conversation id, sender, recipients, kind, timestamps and sizes stay in clear (they are
 needed for routing and indexes); only bodies and file contents are encrypted. Anyone holding the master
@@ -30,7 +30,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from im.errors import StoreUnavailable
-from im.store import store_errors, utcnow
+from im.storage.store import store_errors, utcnow
 
 __all__ = [
     "SEGMENT_OVERHEAD_BYTES", "SEGMENT_PLAIN_BYTES", "KeyRing", "MasterKey", "SegmentSealer", "open_segment",
@@ -78,7 +78,8 @@ class KeyRing:
     """Per-conversation data keys: created on first use, stored wrapped, cached unwrapped (bounded).
 
     ``old_masters`` are accepted for unwrapping only: during a rotation, nodes run with the new key
-    as master and the old one here until ``python -m im.keys rotate`` has re-wrapped every data key.
+    as master and the old one here until ``python -m im.conversations.keys rotate`` has re-wrapped every
+    data key.
     """
 
     def __init__(self, collection: AsyncCollection[dict[str, Any]], master: MasterKey, *,

@@ -26,7 +26,7 @@ from typing import Any
 
 import tornado.httpclient
 
-from im.metrics import Metrics
+from im.ops.metrics import Metrics
 
 __all__ = ["WebhookSender", "message_event", "retry_delay_secs", "sign", "verify", "webhooks_from"]
 

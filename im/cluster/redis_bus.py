@@ -2,7 +2,7 @@
 
 ``publish`` delivers to this node's hub directly, then routes the heads to the *other* nodes that hold
 each user, in one round trip per batch: a Lua script reads the presence hashes (see
-:mod:`im.presence`) and publishes one message per target node. Nodes that hold none of the users
+:mod:`im.cluster.presence`) and publishes one message per target node. Nodes that hold none of the users
 receive nothing.
 
 A notify is a hint, so Redis trouble never reaches the sender: ``publish`` never raises, an outage is
@@ -28,8 +28,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from im.bus.base import DeliverFn
-from im.presence import RedisKeys
+from im.cluster.bus import DeliverFn
+from im.cluster.presence import RedisKeys
 
 __all__ = ["RedisBus", "merge_heads", "retry_due"]
 

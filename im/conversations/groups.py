@@ -19,7 +19,7 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
 from im.errors import ConflictError, ForbiddenError, InvalidInput, NotFoundError
-from im.store import store_errors, utcnow
+from im.storage.store import store_errors, utcnow
 
 __all__ = ["Group", "GroupStore", "group_conversation_id", "new_group_id"]
 

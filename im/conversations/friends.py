@@ -15,7 +15,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from im.errors import InvalidInput, NotFoundError
-from im.store import store_errors, utcnow
+from im.storage.store import store_errors, utcnow
 
 __all__ = ["DIRECT_POLICIES", "FriendStore", "Relation", "relation_id"]
 

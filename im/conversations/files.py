@@ -5,8 +5,8 @@ with that conversation's data key, and only its uploader and the conversation's 
 download it. Everyone else gets the same 404 as for a file that does not exist, so ids reveal nothing.
 A message of kind ``file`` names the file id; the stored body then carries id, name, size and type.
 
-Contents are sealed in fixed-size segments (``im/crypto.py``), so memory per upload and download is
-one segment whatever the file size.
+Contents are sealed in fixed-size segments (``im/conversations/crypto.py``), so memory per upload and
+download is one segment whatever the file size.
 """
 
 from __future__ import annotations
@@ -23,9 +23,15 @@ from cryptography.exceptions import InvalidTag
 from gridfs import AsyncGridFSBucket, NoFile
 from pymongo.asynchronous.database import AsyncDatabase
 
-from im.crypto import SEGMENT_OVERHEAD_BYTES, SEGMENT_PLAIN_BYTES, KeyRing, SegmentSealer, open_segment
+from im.conversations.crypto import (
+    SEGMENT_OVERHEAD_BYTES,
+    SEGMENT_PLAIN_BYTES,
+    KeyRing,
+    SegmentSealer,
+    open_segment,
+)
 from im.errors import InvalidInput, NotFoundError, StoreUnavailable, TooLarge
-from im.store import store_errors
+from im.storage.store import store_errors
 
 __all__ = ["CONTENT_TYPE_PATTERN", "FileInfo", "FileStore", "Upload"]
 

@@ -14,15 +14,15 @@ from typing import Any
 
 from bson import ObjectId
 
-from im.crypto import KeyRing
+from im.conversations.crypto import KeyRing
+from im.conversations.files import FileInfo, FileStore, Upload, clean_content_type
+from im.conversations.friends import DIRECT_POLICIES, FriendStore, Relation
+from im.conversations.groups import Group, GroupStore
+from im.conversations.history import HistoryReader
+from im.conversations.receipts import ReceiptStore, is_group_conversation, parse_msg_id, summary_dict
 from im.errors import ForbiddenError, InvalidInput, NotFoundError
-from im.files import FileInfo, FileStore, Upload, clean_content_type
-from im.friends import DIRECT_POLICIES, FriendStore, Relation
-from im.groups import Group, GroupStore
-from im.history import HistoryReader
 from im.models import direct_conversation_id
-from im.receipts import ReceiptStore, is_group_conversation, parse_msg_id, summary_dict
-from im.store import Store
+from im.storage.store import Store
 
 __all__ = ["Conversations", "Target"]
 

@@ -12,7 +12,7 @@ single node (the only writer) numbers from the heads it knows and stores the bat
 insert, whose partial outcome is always a prefix (see ``_write_alone``). Keys are never deleted, so the
 unique index also refuses a seq that was ever given: a writer with a wrong idea of a head fails and
 reads the heads instead of reusing a seq. Many concurrent sends share one write (see
-``im/committer.py``), which is what makes the store's per-write cost affordable.
+``im/delivery/batching.py``), which is what makes the store's per-write cost affordable.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import BulkWriteError
 from pymongo.read_concern import ReadConcern
 
-from im.committer import NaturalBatcher
-from im.crypto import KeyRing
+from im.conversations.crypto import KeyRing
+from im.delivery.batching import NaturalBatcher
+from im.delivery.cache import InboxCache
 from im.errors import ImError, InvalidInput, StoreUnavailable
-from im.inbox_cache import InboxCache
 from im.models import AckResult, Draft, PullResult, Receipt
-from im.store import (
+from im.storage.store import (
     INBOX_KEY_FIELD,
     META_COLLECTION,
     Store,

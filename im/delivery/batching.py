@@ -175,7 +175,7 @@ def _inboxes(draft: Draft) -> tuple[str, ...]:
 
 
 class GroupCommitter(NaturalBatcher[Draft, Receipt]):
-    """Sends: one store transaction per batch of drafts (see ``im/inbox.py``); up to ``max_in_flight``
+    """Sends: one store write per batch of drafts (see ``im/delivery/writer.py``); up to ``max_in_flight``
     transactions at once over disjoint inboxes."""
 
     def __init__(self, write_batch: BatchWriter[Draft, Receipt], *, max_batch: int,

@@ -2,7 +2,7 @@
 served from memory instead of the store.
 
 Why it is sound: an entry is immutable once its transaction committed (seq -> message never changes)
-and an inbox has no holes (see ``im/inbox.py``), so a run of consecutive seqs this node saw committed
+and an inbox has no holes (see ``im/delivery/inbox.py``), so a run of consecutive seqs this node saw committed
 is exactly what the store would return for that range. The cache is filled only *after* the commit
 (write-first still holds: nothing is served that is not durable) and by pages read from the store.
 
