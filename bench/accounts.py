@@ -1,4 +1,4 @@
-"""Benchmark accounts: users created through the domain's own ``Store.create_user`` and tokens minted
+"""Benchmark accounts: users created through the domain's own ``UserStore.create`` and tokens minted
 with the server's ``TokenIssuer`` and the secret the benchmark gave the server.
 
 Why not the REST API: every registration and login costs one scrypt hash (~50 ms of server CPU, on
@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from im.accounts.auth import Principal, TokenIssuer, hash_password
+from im.accounts.passwords import hash_password
+from im.accounts.tokens import Principal, TokenIssuer
+from im.accounts.users import UserStore
 from im.storage.store import Store
 
 __all__ = ["BENCH_PASSWORD", "create_users", "mint_tokens"]
@@ -25,11 +27,12 @@ async def create_users(mongo_url: str, db_name: str, users: Sequence[str]) -> No
     store = Store(mongo_url, db_name, write_concern="1", journal=False)
     try:
         password_hash = await hash_password(BENCH_PASSWORD)
+        accounts = UserStore(store)
         gate = asyncio.Semaphore(CREATE_CONCURRENCY)
 
         async def one(user: str) -> None:
             async with gate:
-                await store.create_user(user, password_hash)
+                await accounts.create(user, password_hash)
 
         await asyncio.gather(*(one(u) for u in users))
     finally:

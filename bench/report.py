@@ -786,7 +786,7 @@ def _method(sizes: dict[str, Any]) -> list[str]:
         "clients, HTTP long-poll for the rest; notify, then pull, then ack. Its messages are durable "
         "(`w: majority, j: true`) before the sender's receipt. The baselines push the body directly "
         "(no storage, no seq, no auth) over WebSocket.",
-        "- Accounts are created with the domain's `Store.create_user` and tokens minted with the server's "
+        "- Accounts are created with the domain's `UserStore.create` and tokens minted with the server's "
         "secret, because every REST login costs a scrypt hash (~50 ms of CPU by design).",
         "- The abuse limits (per-address and per-user rates, connections per user) are off for the run: one "
         "address plays every user.",

@@ -91,6 +91,8 @@ class Settings:
         2.0, "an inbox is trimmed (and delivered receipts written) at most this often; 0: on every ack")
     inbox_cache_entries: int = _setting(
         100_000, "newest inbox entries kept in memory to serve pulls without a store read (0: off)")
+    head_save_secs: float = _setting(
+        5.0, "single node: inbox heads are saved to the counters this often (a crash leaves them behind)")
 
     # Abuse limits (per node; 0 switches a rate off)
     rate_ip_per_sec: float = _setting(100.0, "sustained HTTP requests / WebSocket connects per address")
@@ -169,7 +171,7 @@ class Settings:
             "device_idle_secs", "max_devices_per_user", "commit_max_batch", "commit_max_in_flight",
             "max_body_bytes",
             "max_frame_bytes", "max_text_chars", "jwt_ttl_secs", "store_timeout_secs",
-            "ws_write_timeout_secs",
+            "ws_write_timeout_secs", "head_save_secs",
         )
         for name in positive:
             if getattr(self, name) <= 0:

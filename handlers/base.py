@@ -10,7 +10,7 @@ import tornado.web
 
 from config import Settings
 from handlers.errors import http_status
-from im.accounts.auth import Principal, parse_bearer
+from im.accounts.tokens import Principal, parse_bearer
 from im.errors import AuthError, ImError, TooLarge
 from im.ops.logging_setup import REQUEST_ID, request_id_from
 from im.protocol import decode_json_body

@@ -43,14 +43,14 @@ def _group(value: str) -> str:
 class FriendsHandler(ApiHandler):
     async def get(self) -> None:
         """``{friends: [{user, state: friends|incoming|outgoing, since}]}``."""
-        relations = await self.service.conversations.friends.list(self.principal.user)
+        relations = await self.service.friends(self.principal.user)
         self.reply({"friends": [r.to_dict() for r in relations]})
 
     async def post(self) -> None:
         """Send a friend request (accepting a crossing request from the same user)."""
         principal = self.principal
         other = read_user_id(self.json_body(), "user")
-        relation = await self.service.conversations.request_friend(principal.user, other)
+        relation = await self.service.request_friend(principal.user, other)
         self.reply(relation.to_dict(), status=201)
 
 
@@ -58,7 +58,7 @@ class FriendHandler(ApiHandler):
     async def delete(self, user: str) -> None:
         """Unfriend, or withdraw/refuse a pending request."""
         principal = self.principal
-        await self.service.conversations.friends.remove(principal.user, _user(user))
+        await self.service.remove_friend(principal.user, _user(user))
         self.set_status(204)
         self.finish()
 
@@ -66,14 +66,14 @@ class FriendHandler(ApiHandler):
 class FriendAcceptHandler(ApiHandler):
     async def post(self, user: str) -> None:
         principal = self.principal
-        relation = await self.service.conversations.friends.accept(principal.user, _user(user))
+        relation = await self.service.accept_friend(principal.user, _user(user))
         self.reply(relation.to_dict())
 
 
 class FriendDeclineHandler(ApiHandler):
     async def post(self, user: str) -> None:
         principal = self.principal
-        await self.service.conversations.friends.decline(principal.user, _user(user))
+        await self.service.decline_friend(principal.user, _user(user))
         self.set_status(204)
         self.finish()
 
@@ -81,7 +81,7 @@ class FriendDeclineHandler(ApiHandler):
 class GroupsHandler(ApiHandler):
     async def get(self) -> None:
         """The caller's groups (without member lists)."""
-        groups = await self.service.conversations.groups.of_user(self.principal.user)
+        groups = await self.service.groups_of(self.principal.user)
         self.reply({"groups": [g.to_dict(with_members=False) for g in groups]})
 
     async def post(self) -> None:
@@ -90,28 +90,28 @@ class GroupsHandler(ApiHandler):
         body = self.json_body()
         name = read_str(body, "name", max_chars=MAX_GROUP_NAME_CHARS)
         members = read_user_list(body, "members", allow_empty=True) if "members" in body else []
-        group = await self.service.conversations.create_group(principal.user, name, members)
+        group = await self.service.create_group(principal.user, name, members)
         self.reply(group.to_dict(), status=201)
 
 
 class GroupHandler(ApiHandler):
     async def get(self, group_id: str) -> None:
         principal = self.principal
-        group = await self.service.conversations.groups.of_member(_group(group_id), principal.user)
+        group = await self.service.group(principal.user, _group(group_id))
         self.reply(group.to_dict())
 
     async def patch(self, group_id: str) -> None:
         """Rename: ``{name}`` (owner or admins)."""
         principal = self.principal
         name = read_str(self.json_body(), "name", max_chars=MAX_GROUP_NAME_CHARS)
-        group = await self.service.conversations.groups.rename(principal.user, _group(group_id), name)
+        group = await self.service.rename_group(principal.user, _group(group_id), name)
         self.reply(group.to_dict())
 
 
 class GroupMembersHandler(ApiHandler):
     async def get(self, group_id: str) -> None:
         principal = self.principal
-        group = await self.service.conversations.groups.of_member(_group(group_id), principal.user)
+        group = await self.service.group(principal.user, _group(group_id))
         self.reply({"group": group.id, "owner": group.owner, "admins": group.admins,
                     "members": group.members})
 
@@ -119,7 +119,7 @@ class GroupMembersHandler(ApiHandler):
         """Add ``{members: [...]}`` (owner or admins; the member cap applies)."""
         principal = self.principal
         members = read_user_list(self.json_body(), "members")
-        group = await self.service.conversations.add_members(principal.user, _group(group_id), members)
+        group = await self.service.add_members(principal.user, _group(group_id), members)
         self.reply(group.to_dict())
 
 
@@ -127,12 +127,7 @@ class GroupMemberHandler(ApiHandler):
     async def delete(self, group_id: str, user: str) -> None:
         """Remove a member (owner or admins); removing oneself is leaving."""
         principal = self.principal
-        groups = self.service.conversations.groups
-        member = _user(user)
-        if member == principal.user:
-            await groups.leave(principal.user, _group(group_id))
-        else:
-            await groups.remove_members(principal.user, _group(group_id), [member])
+        await self.service.remove_member(principal.user, _group(group_id), _user(user))
         self.set_status(204)
         self.finish()
 
@@ -140,7 +135,7 @@ class GroupMemberHandler(ApiHandler):
 class GroupLeaveHandler(ApiHandler):
     async def post(self, group_id: str) -> None:
         principal = self.principal
-        await self.service.conversations.groups.leave(principal.user, _group(group_id))
+        await self.service.remove_member(principal.user, _group(group_id), principal.user)
         self.set_status(204)
         self.finish()
 
@@ -148,14 +143,12 @@ class GroupLeaveHandler(ApiHandler):
 class GroupAdminHandler(ApiHandler):
     async def put(self, group_id: str, user: str) -> None:
         principal = self.principal
-        groups = self.service.conversations.groups
-        group = await groups.set_admin(principal.user, _group(group_id), _user(user), admin=True)
+        group = await self.service.set_admin(principal.user, _group(group_id), _user(user), admin=True)
         self.reply(group.to_dict())
 
     async def delete(self, group_id: str, user: str) -> None:
         principal = self.principal
-        groups = self.service.conversations.groups
-        group = await groups.set_admin(principal.user, _group(group_id), _user(user), admin=False)
+        group = await self.service.set_admin(principal.user, _group(group_id), _user(user), admin=False)
         self.reply(group.to_dict())
 
 
@@ -167,7 +160,7 @@ class HistoryHandler(ApiHandler):
         limit = read_int(query, "limit", default=min(DEFAULT_HISTORY_LIMIT, self.settings_.history_max_limit),
                          minimum=1, maximum=self.settings_.history_max_limit)
         before = read_str(query, "before", max_chars=24, default="") or None
-        page = await self.service.conversations.history(principal.user, conv, before=before, limit=limit)
+        page = await self.service.history(principal.user, conv, before=before, limit=limit)
         self.reply(page)
 
 
@@ -183,5 +176,5 @@ class ReceiptSummaryHandler(ApiHandler):
     async def get(self, msg_id: str) -> None:
         """``{msg_id, recipients, delivered: {count, users}, read: {count, users}}``."""
         principal = self.principal
-        summary = await self.service.conversations.receipt_summary(principal.user, msg_id)
+        summary = await self.service.receipt_summary(principal.user, msg_id)
         self.reply(summary)

@@ -49,7 +49,7 @@ class FilesHandler(ApiHandler):
             to = read_user_id(query, "to") if query.get("to") else ""
             group = read_group_id(query, "group") if query.get("group") else ""
             name = read_str(query, "name", max_chars=MAX_FILE_NAME_CHARS, default="", min_chars=0)
-            self._upload = await self.service.conversations.start_upload(
+            self._upload = await self.service.start_upload(
                 principal.user, to=to, group=group, name=name,
                 content_type=self.request.headers.get("Content-Type"),
             )
@@ -85,7 +85,7 @@ class FileHandler(ApiHandler):
     """Download, only for the uploader and the conversation's participants (others: the same 404)."""
 
     async def get(self, file_id: str) -> None:
-        info, stream = await self.service.conversations.download(self.principal.user, file_id)
+        info, stream = await self.service.download(self.principal.user, file_id)
         chunks = aiter(stream)
         first = await anext(chunks, b"")  # a store or key failure still gets a proper error answer
         self.set_header("Content-Type", info.content_type)

@@ -32,7 +32,7 @@ import tornado.websocket
 from config import Settings
 from handlers.base import origin_allowed
 from handlers.errors import error_frame
-from im.accounts.auth import Principal, parse_bearer
+from im.accounts.tokens import Principal, parse_bearer
 from im.errors import AuthError, ImError, InvalidInput
 from im.models import PullResult, Receipt
 from im.protocol import decode_frame, encode_frame, parse_ack, parse_pull, parse_read, parse_send, read_str

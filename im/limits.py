@@ -8,10 +8,10 @@ the usual trade for not paying a Redis round trip on every request.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from im.errors import RateLimited
+from im.lru import LruDict
 
 __all__ = ["Bucket", "Limits", "RateLimiter", "take"]
 
@@ -48,7 +48,7 @@ class RateLimiter:
         self.name = name
         self.rate_per_sec = rate_per_sec
         self.burst = burst
-        self._buckets: OrderedDict[str, Bucket] = OrderedDict()
+        self._buckets: LruDict[str, Bucket] = LruDict(MAX_TRACKED_KEYS)
 
     def check(self, key: str, *, cost: float = 1.0, now: float | None = None) -> None:
         """Take from ``key``'s bucket or raise :class:`RateLimited` with the wait in ``retry_after_secs``."""
@@ -59,13 +59,10 @@ class RateLimiter:
 
     def peek_take(self, key: str, *, cost: float = 1.0, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
-        bucket = self._buckets.get(key)
+        bucket = self._buckets.touch(key)
         if bucket is None:
-            bucket = self._buckets[key] = Bucket(tokens=self.burst, updated=now)
-            if len(self._buckets) > MAX_TRACKED_KEYS:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(key)
+            bucket = Bucket(tokens=self.burst, updated=now)
+            self._buckets.put(key, bucket)
         return take(bucket, now=now, rate_per_sec=self.rate_per_sec, burst=self.burst, cost=cost)
 
     def blocked_for(self, key: str, *, now: float | None = None) -> float:

@@ -8,7 +8,7 @@ receive nothing.
 A notify is a hint, so Redis trouble never reaches the sender: ``publish`` never raises, an outage is
 logged once (and its end once), and heads that could not be published are kept (merged by user, max
 seq) and sent again when Redis answers. The subscriber reconnects by itself; after every (re)subscribe
-it calls ``on_resubscribed`` (the runtime rewrites presence, then pokes every local listener to
+it calls ``on_resubscribed`` (the topology rewrites presence, then pokes every local listener to
 re-check the store), because notifies sent while this node was not subscribed are lost.
 
 Messages on a node channel are JSON: ``{"h": {user: seq}}`` (inbox heads) or
@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from im.cluster.bus import DeliverFn
-from im.cluster.presence import RedisKeys
+from im.cluster.redis_keys import RedisKeys
 
 __all__ = ["RedisBus", "merge_heads", "retry_due"]
 
@@ -106,7 +106,7 @@ class RedisBus:
         on_resubscribed: ResubscribedFn | None = None, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.node_id = node_id
-        self.on_kick: KickFn | None = None  # set by the runtime once the service exists
+        self.on_kick: KickFn | None = None  # set by the topology once the node's connections exist
         self._redis = redis
         self._keys = keys
         self._on_resubscribed = on_resubscribed
@@ -120,7 +120,6 @@ class RedisBus:
         self._down_since: float | None = None
         self._last_attempt_at: float | None = None
         self._publish_lock = asyncio.Lock()
-        self.resubscriptions = 0  # how many times the subscription was (re)established
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -214,7 +213,6 @@ class RedisBus:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(channel)
-                self.resubscriptions += 1
                 if lost_at is not None:
                     log.warning("bus: resubscribed to %s after %.1f s", channel, self._clock() - lost_at)
                     lost_at = None

@@ -1,8 +1,8 @@
 """Use cases around conversations: friends, groups, files, history, receipt queries and send rules.
 
-What writes messages (sends, receipts) stays in ``im/service.py`` on the one group-commit path; this
-facade answers who may talk to whom, resolves a send's target into recipients, and serves the reads.
-Transports call it through ``service.conversations``.
+What writes messages (sends, receipts) is the delivery core's, on the one group-commit path; this
+answers who may talk to whom, resolves a send's target into recipients, and serves the reads.
+Transports reach it through ``im/service.py``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 from bson import ObjectId
 
+from im.accounts.users import UserStore
 from im.conversations.crypto import KeyRing
 from im.conversations.files import FileInfo, FileStore, Upload, clean_content_type
 from im.conversations.friends import DIRECT_POLICIES, FriendStore, Relation
@@ -28,9 +29,6 @@ __all__ = ["Conversations", "Target"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_GROUP_MEMBERS = 500
-DEFAULT_FILE_MAX_BYTES = 10 * 1024 * 1024
-
 
 @dataclass(frozen=True, slots=True)
 class Target:
@@ -42,12 +40,11 @@ class Target:
 
 
 class Conversations:
-    def __init__(self, store: Store, *, keys: KeyRing | None = None, direct_policy: str = "anyone",
-                 max_group_members: int = DEFAULT_MAX_GROUP_MEMBERS,
-                 file_max_bytes: int = DEFAULT_FILE_MAX_BYTES) -> None:
+    def __init__(self, store: Store, users: UserStore, *, keys: KeyRing | None, direct_policy: str,
+                 max_group_members: int, file_max_bytes: int) -> None:
         if direct_policy not in DIRECT_POLICIES:
             raise ValueError(f"direct_policy must be one of {DIRECT_POLICIES}")
-        self.store = store
+        self.users = users
         self.keys = keys
         self.direct_policy = direct_policy
         db = store.db
@@ -67,7 +64,7 @@ class Conversations:
 
     async def direct_target(self, sender: str, to: str) -> Target:
         """A one-to-one conversation: the recipient must exist and, under ``friends``, be a friend."""
-        if to != sender and not await self.store.user_exists(to):
+        if to != sender and not await self.users.exists(to):
             raise NotFoundError(f"recipient {to!r} does not exist", code="unknown_recipient", field="to")
         if self.direct_policy == "friends" and not await self.friends.are_friends(sender, to):
             raise ForbiddenError(f"you and {to!r} are not friends (this server only lets friends talk)",
@@ -77,7 +74,7 @@ class Conversations:
     def direct_target_known(self, sender: str, to: str) -> Target | None:
         """:meth:`direct_target` when everything it checks is in memory (anyone may message anyone, and
         the recipient is a user seen before); None means "await :meth:`direct_target`"."""
-        if self.direct_policy != "anyone" or (to != sender and not self.store.user_known(to)):
+        if self.direct_policy != "anyone" or (to != sender and not self.users.known(to)):
             return None
         return _direct(sender, to)
 
@@ -103,7 +100,7 @@ class Conversations:
     # -- friends --------------------------------------------------------------------------------------
 
     async def request_friend(self, me: str, other: str) -> Relation:
-        if not await self.store.user_exists(other):
+        if not await self.users.exists(other):
             raise NotFoundError(f"user {other!r} does not exist", code="unknown_user", field="user")
         return await self.friends.request(me, other)
 
@@ -112,7 +109,7 @@ class Conversations:
     async def _existing(self, users: Iterable[str]) -> list[str]:
         users = list(dict.fromkeys(users))
         for user in users:
-            if not await self.store.user_exists(user):
+            if not await self.users.exists(user):
                 raise NotFoundError(f"user {user!r} does not exist", code="unknown_user", field="members")
         return users
 

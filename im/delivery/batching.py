@@ -61,8 +61,6 @@ class NaturalBatcher(Generic[Item, Result]):
         self._flushers: set[asyncio.Task[None]] = set()
         self._busy: Counter[str] = Counter()  # keys of the batches in flight
         self._lingering = False
-        self.batches_written = 0
-        self.items_written = 0
 
     @property
     def queued(self) -> int:
@@ -159,8 +157,6 @@ class NaturalBatcher(Generic[Item, Result]):
                 if not future.done():
                     future.set_exception(error)
             return
-        self.batches_written += 1
-        self.items_written += len(batch)
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if future.done():
                 continue
@@ -179,7 +175,7 @@ class GroupCommitter(NaturalBatcher[Draft, Receipt]):
     transactions at once over disjoint inboxes."""
 
     def __init__(self, write_batch: BatchWriter[Draft, Receipt], *, max_batch: int,
-                 max_in_flight: int = 1) -> None:
+                 max_in_flight: int) -> None:
         super().__init__(write_batch, max_batch=max_batch, what="messages",
                          failure="the message could not be stored; retry with the same client_msg_id",
                          keys_of=_inboxes, max_in_flight=max_in_flight)

@@ -1,14 +1,14 @@
 """The newest entries of each inbox, kept on the node that wrote them, so a pull after a notify is
 served from memory instead of the store.
 
-Why it is sound: an entry is immutable once its transaction committed (seq -> message never changes)
-and an inbox has no holes (see ``im/delivery/inbox.py``), so a run of consecutive seqs this node saw committed
-is exactly what the store would return for that range. The cache is filled only *after* the commit
-(write-first still holds: nothing is served that is not durable) and by pages read from the store.
+Why it is sound: an entry is immutable once it is committed (seq -> message never changes) and an
+inbox has no holes (see ``im/delivery/archive.py``), so a run of consecutive seqs this node saw
+committed is exactly what the store would return for that range. The cache is filled only *after* the
+commit (write-first still holds: nothing is served that is not durable) and by pages read from the
+store.
 
-What it cannot know is the head: another node may have written since. So the head is trusted only
-when ``authoritative`` (single-node mode, the only writer, where the cache sees every commit); in a
-cluster the head is read from the store on every pull and only the entries come from here.
+The cache knows entries, not heads: the caller says which head a page is served at (the seq allocator
+knows it on a single node; a cluster node reads it from the store).
 
 Memory is bounded twice: at most ``max_per_user`` newest entries per inbox, and at most ``max_entries``
 in all (least recently used inboxes are dropped first). Entries every device acknowledged are dropped
@@ -29,15 +29,14 @@ Message = dict[str, Any]
 
 
 class _Tail:
-    """One inbox: its epoch, the highest seq known committed, and consecutive entries ending near it."""
+    """One inbox: its epoch and a run of consecutive committed entries, the newest it saw."""
 
-    __slots__ = ("entries", "epoch", "first", "head")
+    __slots__ = ("entries", "epoch", "first")
 
-    def __init__(self, epoch: str, head: int) -> None:
+    def __init__(self, epoch: str) -> None:
         self.epoch = epoch
-        self.head = head
-        self.first = head + 1  # seq of entries[0]
-        # A list, not a deque: an empty deque costs ~600 bytes, and most inboxes of an idle node are empty.
+        self.first = 0  # seq of entries[0]
+        # A list, not a deque: an empty deque is much larger, and most tails hold a few entries.
         self.entries: list[Message] = []
 
     @property
@@ -46,40 +45,25 @@ class _Tail:
 
 
 class InboxCache:
-    def __init__(self, *, authoritative: bool, max_entries: int = 100_000, max_per_user: int = 256) -> None:
-        self.authoritative = authoritative
+    def __init__(self, *, max_entries: int, max_per_user: int = 256) -> None:
         self._max_entries = max_entries
         self._max_per_user = max_per_user
         self._tails: OrderedDict[str, _Tail] = OrderedDict()
         self._entries = 0
-        self.hits = 0
-        self.misses = 0
 
     def __len__(self) -> int:
         return self._entries
 
     # -- filling --------------------------------------------------------------------------------------
 
-    def loaded(self, user: str, *, head: int, epoch: str) -> None:
-        """The store says ``user``'s inbox is at ``head`` (a read of its counter)."""
+    def committed(self, user: str, *, epoch: str, messages: Iterable[Message]) -> None:
+        """Entries of ``user``'s inbox, in seq order, known committed (just written, or read back)."""
         tail = self._tails.get(user)
         if tail is None or tail.epoch != epoch:
             self._drop(user)
-            self._tails[user] = _Tail(epoch, head)
-            self._evict()
-        elif head > tail.head:
-            tail.head = head
-
-    def committed(self, user: str, *, epoch: str, head: int, messages: Iterable[Message]) -> None:
-        """Entries of ``user``'s inbox, in seq order, known committed (just written, or read back), and
-        the inbox head they were written or read at."""
-        tail = self._tails.get(user)
-        if tail is None or tail.epoch != epoch:
-            self._drop(user)
-            tail = self._tails[user] = _Tail(epoch, head)
+            tail = self._tails[user] = _Tail(epoch)
         else:
             self._tails.move_to_end(user)
-            tail.head = max(tail.head, head)
         for message in messages:
             seq = message["seq"]
             if tail.entries and seq <= tail.last:
@@ -95,8 +79,6 @@ class InboxCache:
                 del tail.entries[0]
                 tail.first += 1
                 self._entries -= 1
-            if seq > tail.head:
-                tail.head = seq
         self._evict()
 
     def trimmed(self, user: str, floor: int) -> None:
@@ -110,36 +92,17 @@ class InboxCache:
             tail.first += drop
             self._entries -= drop
 
-    def forget(self, user: str) -> None:
-        """Drop what is known of ``user``'s inbox (its cached head proved wrong)."""
-        self._drop(user)
-
-    def clear(self) -> None:
-        """Forget everything (e.g. notifies may have been lost: heads are no longer trustworthy)."""
-        self._tails.clear()
-        self._entries = 0
-
     # -- reading --------------------------------------------------------------------------------------
-
-    def head(self, user: str) -> tuple[int, str] | None:
-        """``(head, epoch)`` when this node is the only writer and knows the inbox, else None."""
-        if not self.authoritative:
-            return None
-        tail = self._tails.get(user)
-        return None if tail is None else (tail.head, tail.epoch)
 
     def serve(self, user: str, *, after: int, limit: int, head: int, epoch: str) -> PullResult | None:
         """The page ``pull`` would read from the store at ``head``, or None when this node does not
         hold all of it (or there is a gap to report: the store path knows the floor)."""
         tail = self._tails.get(user)
         if tail is None or tail.epoch != epoch:
-            self.misses += 1
             return None
         end = min(after + limit, head)
         if after > head or (end > after and not (tail.first <= after + 1 and end <= tail.last)):
-            self.misses += 1
             return None  # a gap to report, or entries this node does not hold: the store answers
-        self.hits += 1
         self._tails.move_to_end(user)
         messages = tail.entries[after + 1 - tail.first:end + 1 - tail.first]
         return PullResult(messages=messages, next=max(end, after), head=head, epoch=tail.epoch,

@@ -1,16 +1,18 @@
-"""This node's listeners: which local connections and long-polls wait on which user's inbox.
+"""This node's connections: which sockets and long-polls wait on which user's inbox, since when.
 
 The hub is fed by the bus (in-process or Redis) and only ever hands out a seq: a notify is a hint, the
-listener pulls from the store. Listeners must not block: they record the seq and return.
+listener pulls. Listeners must not block: they record the seq and return. The same table is what
+presence reports and what the ``single`` login policy kicks from, so a connection is tracked once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+import time
+from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["Hub", "InboxListener"]
+__all__ = ["ConnectionTable", "Hub", "InboxListener"]
 
 log = logging.getLogger(__name__)
 
@@ -21,25 +23,62 @@ class InboxListener(Protocol):
     def inbox_changed(self, seq: int) -> None:
         """The inbox head is now at least ``seq``; ``seq`` 0 means "check, something may be new"."""
 
+    def kick(self, reason: str) -> None:
+        """Tell the client it was replaced by a newer session and end the connection."""
+
+
+@dataclass
+class ConnectionTable:
+    """``user -> {listener: connected_at}`` (wall-clock seconds), plus when users with no connection
+    left their last one (monotonic seconds: presence lingers them)."""
+
+    connections: dict[str, dict[InboxListener, float]] = field(default_factory=dict)
+    gone_at: dict[str, float] = field(default_factory=dict)
+
+    def add(self, user: str, conn: InboxListener, *, wall: float) -> int:
+        self.connections.setdefault(user, {})[conn] = wall
+        self.gone_at.pop(user, None)
+        return len(self.connections[user])
+
+    def remove(self, user: str, conn: InboxListener, *, now: float) -> int | None:
+        """Forget ``conn``; return the user's remaining count, or None if ``conn`` was not known."""
+        conns = self.connections.get(user)
+        if conns is None or conns.pop(conn, None) is None:
+            return None
+        if conns:
+            return len(conns)
+        del self.connections[user]
+        self.gone_at[user] = now
+        return 0
+
+    def count(self, user: str) -> int:
+        return len(self.connections.get(user, ()))
+
+    def older_than(self, user: str, before: float, *,
+                   keep: InboxListener | None = None) -> list[InboxListener]:
+        return [c for c, at in self.connections.get(user, {}).items() if at < before and c is not keep]
+
+    def users(self) -> list[str]:
+        return list(self.connections)
+
 
 class Hub:
     def __init__(self) -> None:
-        self._listeners: defaultdict[str, set[InboxListener]] = defaultdict(set)
+        self.table = ConnectionTable()
 
-    def add(self, user: str, listener: InboxListener) -> None:
-        self._listeners[user].add(listener)
+    def add(self, user: str, listener: InboxListener) -> float:
+        """Register ``listener``; return its wall-clock connect time (the login policy's order)."""
+        wall = time.time()
+        self.table.add(user, listener, wall=wall)
+        return wall
 
-    def remove(self, user: str, listener: InboxListener) -> None:
-        listeners = self._listeners.get(user)
-        if listeners is None:
-            return
-        listeners.discard(listener)
-        if not listeners:
-            del self._listeners[user]
+    def remove(self, user: str, listener: InboxListener) -> bool:
+        """Forget ``listener``; False if it was not registered."""
+        return self.table.remove(user, listener, now=time.monotonic()) is not None
 
     def deliver(self, user: str, seq: int) -> None:
         """Tell every local listener of ``user`` that the inbox reached ``seq``."""
-        for listener in tuple(self._listeners.get(user, ())):
+        for listener in tuple(self.table.connections.get(user, ())):
             try:
                 listener.inbox_changed(seq)
             except Exception:
@@ -48,7 +87,7 @@ class Hub:
     def going_away(self) -> None:
         """The node is shutting down: ask every listener that can to end itself (sockets close with
         1001 so clients reconnect elsewhere; long-polls answer now)."""
-        for listeners in tuple(self._listeners.values()):
+        for listeners in tuple(self.table.connections.values()):
             for listener in tuple(listeners):
                 end = getattr(listener, "going_away", None)
                 if end is not None:
@@ -59,16 +98,13 @@ class Hub:
 
     def poke_all(self) -> None:
         """Make every listener re-check the store, e.g. after notifies may have been lost in an outage."""
-        for user in tuple(self._listeners):
+        for user in self.table.users():
             self.deliver(user, 0)
 
-    def is_local(self, user: str) -> bool:
-        return user in self._listeners
-
     def local_users(self) -> list[str]:
-        return list(self._listeners)
+        return self.table.users()
 
     def listener_count(self, user: str | None = None) -> int:
         if user is not None:
-            return len(self._listeners.get(user, ()))
-        return sum(len(v) for v in self._listeners.values())
+            return self.table.count(user)
+        return sum(len(v) for v in self.table.connections.values())

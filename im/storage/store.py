@@ -1,10 +1,12 @@
 """MongoDB access through PyMongo's ``AsyncMongoClient`` (the successor of Motor).
 
-This module owns the client, the collections and their indexes, and translates driver errors into
-domain errors at the boundary. Query logic lives with its use: inboxes in ``im/delivery/``.
+This module owns the client, the collections, their indexes and the schema steps, and translates
+driver errors into domain errors at the boundary. Query logic lives with its use: inboxes in
+``im/delivery/``, users in ``im/accounts/users.py``, conversations in ``im/conversations/``.
 
-SecantusDB notes (see shared DESIGN.md section 7): connect with ``retryWrites=false``, and bound every
-range query on both sides, because it reads all matches before applying sort and limit.
+Two rules for every query, because the embedded store (SecantusDB) needs them and a real ``mongod`` does
+not mind: connect with ``retryWrites=false`` (idempotency is ours, by client_msg_id), and bound every
+range query on both sides (SecantusDB reads every match before sorting and limiting).
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
+import pymongo
+from pymongo import ASCENDING, AsyncMongoClient, UpdateOne
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
     BulkWriteError,
@@ -27,9 +30,10 @@ from pymongo.errors import (
     PyMongoError,
     ServerSelectionTimeoutError,
 )
+from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
-from im.errors import ConflictError, StoreUnavailable
+from im.errors import StoreUnavailable
 
 __all__ = [
     "INBOX_KEY_FIELD", "META_COLLECTION", "Store", "dedup_key", "inbox_key", "inbox_key_conflict",
@@ -38,14 +42,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 # The collection of the database's own bookkeeping: its schema version, whether inbox heads were saved.
 META_COLLECTION = "meta"
 # Version of the data layout; ``Store._migrate`` brings older databases up to it.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Archived messages updated per bulk write when a migration gives them a new field.
 MIGRATION_BATCH = 500
-# Positive "user exists" answers kept in memory; users are never deleted, so a hit cannot go stale.
-KNOWN_USERS_CACHE_SIZE = 100_000
 
 
 def is_duplicate_key_only(exc: BulkWriteError) -> bool:
@@ -129,9 +133,8 @@ class Store:
         timeout_ms = int(timeout_secs * 1000)
         pool: dict[str, Any] = {}
         if max_idle_secs > 0 and "maxidletimems=" not in url.lower():
-            # The driver keeps every connection a burst opened (up to maxPoolSize, 100) for good: after
-            # 10,000 clients logged in at once the node held ~100 idle sockets, and a mongod a thread and
-            # ~1 MB for each. A maxIdleTimeMS in the URL wins.
+            # Without it the driver keeps every connection a burst opened (up to maxPoolSize) for good,
+            # and a mongod holds a thread for each. A maxIdleTimeMS in the URL wins.
             pool["maxIdleTimeMS"] = int(max_idle_secs * 1000)
         self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             url,
@@ -152,36 +155,43 @@ class Store:
         # The archive: every message once, with its inbox keys (the inboxes are an index over it).
         self.messages = self.db["messages"]
         self.cursors = self.db["cursors"]
-        # Inbox floors (trimmed seq per user), apart from the counters: see InboxStore._trimmed.
+        # Inbox floors (trimmed seq per user), apart from the counters: see ``im/delivery/reader.py``.
         self.trims = self.db["trims"]
-        self._known_users: OrderedDict[str, None] = OrderedDict()
 
     async def ensure_indexes(self) -> None:
         """Create the indexes the queries and invariants rely on (idempotent)."""
         async with store_errors("creating indexes"):
             await self._migrate()
-            # The inboxes: unique, so a seq once given is never given again (see im/delivery/inbox.py).
+            # The inboxes: unique, so a seq once given is never given again (see im/delivery/archive.py).
             await self.messages.create_index(
                 [(INBOX_KEY_FIELD, ASCENDING)], unique=True, name="inbox_key_unique")
-            # Idempotent sends: a retry with the same client_msg_id finds the original. The key is
-            # (from, client_msg_id) encoded in one field: SecantusDB serves a single-field $in from the
-            # index (7 ms for 10 keys on a 20k archive) but scans the collection for an $or of
-            # compound keys (~700 ms for one key).
+            # Idempotent sends: a retry with the same client_msg_id finds the original. One field for
+            # (from, client_msg_id): SecantusDB serves a single-field $in from the index, but scans the
+            # collection for an $or of compound keys.
             await self.messages.create_index([("dk", ASCENDING)], unique=True, name="dedup_key_unique")
             await self.messages.create_index([("conv", ASCENDING), ("_id", ASCENDING)])
             await self.cursors.create_index([("user", ASCENDING)])
 
     async def _migrate(self) -> None:
-        """Bring a database written by an older version up to ``SCHEMA_VERSION``.
+        """Bring a database written by an older version up to ``SCHEMA_VERSION``, one step at a time.
 
-        Version 1 kept inbox entries in a collection of their own; version 2 keeps them as keys in the
-        archive, which already had each message's recipients and seqs (``rcpt``). The old ``inbox``
-        collection is left as it was (an older version can still run on it) and no longer read.
+        Version 1 kept inbox entries in an ``inbox`` collection of their own; version 2 keeps them as
+        keys in the archive, which already had each message's recipients and seqs (``rcpt``); version
+        3 drops the ``inbox`` collection, which nothing reads since version 2.
         """
         meta = self.db[META_COLLECTION]
         doc = await meta.find_one({"_id": "schema"})
-        if doc is not None and doc["version"] >= SCHEMA_VERSION:
+        version = 0 if doc is None else doc["version"]
+        if version >= SCHEMA_VERSION:
             return
+        if version < 2:
+            await self._give_inbox_keys()
+        if version < 3:
+            await self.db.drop_collection("inbox")
+        await meta.update_one({"_id": "schema"}, {"$set": {"version": SCHEMA_VERSION}}, upsert=True)
+
+    async def _give_inbox_keys(self) -> None:
+        """Schema 2: every archived message gets the inbox keys of its recipients."""
         done = 0
         batch: list[UpdateOne] = []
         # One pass over the archive (a fresh database has none): a range query per page would make
@@ -199,8 +209,20 @@ class Store:
             await self.messages.bulk_write(batch, ordered=False)
             done += len(batch)
         if done:
-            log.info("schema %d: gave %d archived messages their inbox keys", SCHEMA_VERSION, done)
-        await meta.update_one({"_id": "schema"}, {"$set": {"version": SCHEMA_VERSION}}, upsert=True)
+            log.info("schema 2: gave %d archived messages their inbox keys", done)
+
+    async def transaction(self, what: str, write: Callable[[AsyncClientSession], Awaitable[T]]) -> T:
+        """Run ``write`` in one transaction with the store's write concern, bounded in time.
+
+        ``with_transaction`` retries transient errors for up to 120 s on its own; the bound makes an
+        outage reach the caller promptly as "unavailable". Callers write only what is safe to retry
+        (sends are idempotent by client_msg_id, cursors and floors only move forward).
+        """
+        async with store_errors(what), self.client.start_session() as session:
+            with pymongo.timeout(self.timeout_secs):
+                return await session.with_transaction(
+                    write, read_concern=ReadConcern("local"), write_concern=self.write_concern
+                )
 
     async def ping(self) -> None:
         async with store_errors("ping"):
@@ -208,64 +230,3 @@ class Store:
 
     async def close(self) -> None:
         await self.client.close()
-
-    # -- users ----------------------------------------------------------------------------------------
-
-    async def create_user(self, user: str, password_hash: str) -> None:
-        """Insert a user and its inbox counter; :class:`ConflictError` if the id is taken."""
-        now = utcnow()
-        async with store_errors("registering a user"):
-            try:
-                await self.users.insert_one({"_id": user, "password_hash": password_hash, "created_at": now})
-            except DuplicateKeyError:
-                raise ConflictError(f"user id {user!r} is already taken", code="user_exists",
-                                    field="user") from None
-            # The counter carries the inbox epoch; upsert so a half-finished earlier attempt is completed.
-            await self.counters.update_one(
-                {"_id": user},
-                {"$setOnInsert": {"seq": 0, "epoch": new_epoch()}},
-                upsert=True,
-            )
-        self._remember(user)
-
-    async def credentials(self, user: str) -> tuple[str, int] | None:
-        """``(password_hash, token_version)`` of ``user``, or None when there is no such user."""
-        async with store_errors("reading a user"):
-            doc = await self.users.find_one({"_id": user}, {"password_hash": 1, "token_version": 1})
-        return None if doc is None else (doc["password_hash"], doc.get("token_version", 0))
-
-    async def token_version(self, user: str) -> int | None:
-        async with store_errors("reading a user"):
-            doc = await self.users.find_one({"_id": user}, {"token_version": 1})
-        return None if doc is None else doc.get("token_version", 0)
-
-    async def bump_token_version(self, user: str) -> int:
-        """Invalidate every token issued to ``user`` so far; returns the new version."""
-        async with store_errors("revoking tokens"):
-            doc = await self.users.find_one_and_update(
-                {"_id": user}, {"$inc": {"token_version": 1}}, projection={"token_version": 1},
-                return_document=ReturnDocument.AFTER,
-            )
-        return 0 if doc is None else doc["token_version"]
-
-    def user_known(self, user: str) -> bool:
-        """Whether ``user`` is known to exist without asking the store (users are never deleted, so a
-        user seen once stays valid); False means "ask": :meth:`user_exists`."""
-        if user in self._known_users:
-            self._known_users.move_to_end(user)
-            return True
-        return False
-
-    async def user_exists(self, user: str) -> bool:
-        if self.user_known(user):
-            return True
-        async with store_errors("reading a user"):
-            found = await self.users.find_one({"_id": user}, {"_id": 1}) is not None
-        if found:
-            self._remember(user)
-        return found
-
-    def _remember(self, user: str) -> None:
-        self._known_users[user] = None
-        if len(self._known_users) > KNOWN_USERS_CACHE_SIZE:
-            self._known_users.popitem(last=False)

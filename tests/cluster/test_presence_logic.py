@@ -5,17 +5,17 @@ from __future__ import annotations
 import pytest
 
 from config import SettingsError, load_settings
-from im.cluster.presence import (
-    ConnectionTable,
+from im.cluster.presence import linger_over
+from im.cluster.redis_bus import merge_heads, retry_due
+from im.cluster.redis_presence import (
     beat_due,
     decode_entry,
     encode_entry,
-    linger_over,
     live_connections,
     merge_pages,
     next_wakeup_secs,
 )
-from im.cluster.redis_bus import merge_heads, retry_due
+from im.delivery.hub import ConnectionTable
 
 
 def test_heartbeat_is_due_first_and_then_every_interval() -> None:

@@ -7,7 +7,7 @@ import time
 import jwt
 import pytest
 
-from im.accounts.auth import key_id
+from im.accounts.tokens import key_id
 from tests.conftest import TEST_JWT_SECRET
 from tests.helpers import Node
 

@@ -259,7 +259,7 @@ async def test_a_re_check_notifies_the_stored_head_so_the_client_pulls_what_it_m
         await node.send(alice, "bob", "heard")
         assert await b.notify() == 1
         # Stored without a notify, as on another node while this one was not subscribed.
-        await node.service.inbox.append([Draft(sender="alice", to="bob", conv=direct_conversation_id("alice", "bob"),
+        await node.service.inboxes.append([Draft(sender="alice", to="bob", conv=direct_conversation_id("alice", "bob"),
                                                 kind="text", body="missed", client_msg_id="quiet",
                                                 recipients=("bob", "alice"))])
         node.service.hub.poke_all()

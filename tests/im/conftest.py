@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
+from im.delivery.cache import InboxCache
+from im.delivery.inboxes import Inboxes
+from im.delivery.shared_writer import SharedWriter
+from im.delivery.sole_writer import SoleWriter
 from im.storage.embedded import EmbeddedMongo
 from im.storage.store import Store
 
@@ -18,3 +23,12 @@ async def store(mongo: EmbeddedMongo, db_name: str) -> AsyncIterator[Store]:
         yield s
     finally:
         await s.close()
+
+
+def make_inboxes(store: Store, *, sole_writer: bool = False, cache: InboxCache | None = None,
+                 head_save_secs: float = 5.0, device_idle_secs: float = 24 * 3600,
+                 **options: Any) -> Inboxes:
+    """Inboxes as one node (``sole_writer``: the only writer) or a cluster node would run them."""
+    seqs = SoleWriter(store, head_save_secs=head_save_secs) if sole_writer else SharedWriter(store)
+    return Inboxes(store, seqs, device_idle_secs=device_idle_secs, max_devices_per_user=3, cache=cache,
+                   **options)

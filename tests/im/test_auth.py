@@ -9,7 +9,8 @@ import time
 import jwt
 import pytest
 
-from im.accounts.auth import Principal, TokenIssuer, hash_password, parse_bearer, verify_password
+from im.accounts.passwords import hash_password, verify_password
+from im.accounts.tokens import Principal, TokenIssuer, parse_bearer
 from im.errors import AuthError
 
 SECRET = "s" * 40

@@ -13,10 +13,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from im.conversations.crypto import SEGMENT_PLAIN_BYTES, KeyRing, MasterKey, SegmentSealer, open_segment
 from im.conversations.keys import rotate_master_key
-from im.delivery.inbox import InboxStore
 from im.errors import StoreUnavailable
 from im.models import Draft
 from im.storage.store import Store
+from tests.im.conftest import make_inboxes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,7 +72,7 @@ async def test_keyring_seals_bodies_with_one_key_per_conversation(store: Store) 
 
 async def test_inbox_stores_sealed_bodies_and_pulls_them_open(store: Store) -> None:
     keys = KeyRing(store.db["conv_keys"], MasterKey("m1"))
-    inbox = InboxStore(store, device_idle_secs=3600, max_devices_per_user=3, cipher=keys)
+    inbox = make_inboxes(store, device_idle_secs=3600, cipher=keys)
     await inbox.append([Draft(sender="a", to="b", conv="d:a:b", kind="text", body="top secret",
                               client_msg_id="c1", recipients=("b", "a"))])
     archived = await store.messages.find_one({})

@@ -7,18 +7,20 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from im.delivery.inbox import CursorState, InboxStore, trim_floor
+from im.delivery.acks import CursorState, trim_floor
+from im.delivery.inboxes import Inboxes
 from im.errors import InvalidInput
 from im.models import Draft, direct_conversation_id
 from im.storage.store import Store
 from tests.helpers import untrimmed_seqs
+from tests.im.conftest import make_inboxes
 
 DAY_SECS = 24 * 3600
 
 
 @pytest.fixture
-def inbox(store: Store) -> InboxStore:
-    return InboxStore(store, device_idle_secs=DAY_SECS, max_devices_per_user=3)
+def inbox(store: Store) -> Inboxes:
+    return make_inboxes(store)
 
 
 def draft(sender: str, to: str, cmid: str, body: str = "hi") -> Draft:
@@ -38,7 +40,7 @@ def test_trim_floor_ignores_idle_devices() -> None:
     assert trim_floor([], now=now, idle_secs=DAY_SECS) is None
 
 
-async def test_batch_allocates_consecutive_seqs_per_inbox(inbox: InboxStore, store: Store) -> None:
+async def test_batch_allocates_consecutive_seqs_per_inbox(inbox: Inboxes, store: Store) -> None:
     receipts = await inbox.append([draft("a", "b", "1"), draft("c", "b", "1"), draft("a", "b", "2")])
     assert [r.seqs["b"] for r in receipts] == [1, 2, 3]
     assert [r.seqs["a"] for r in receipts if "a" in r.seqs] == [1, 2]
@@ -48,7 +50,7 @@ async def test_batch_allocates_consecutive_seqs_per_inbox(inbox: InboxStore, sto
     assert await untrimmed_seqs(store, "a") == [1, 2]
 
 
-async def test_twenty_concurrent_senders_get_gapless_unique_seqs(inbox: InboxStore) -> None:
+async def test_twenty_concurrent_senders_get_gapless_unique_seqs(inbox: Inboxes) -> None:
     """Separate appends (not one batch) racing on one inbox: the transaction serialises the counter."""
     per_sender = 5
 
@@ -68,7 +70,7 @@ async def test_twenty_concurrent_senders_get_gapless_unique_seqs(inbox: InboxSto
     assert [m["seq"] for m in page.messages] == list(range(1, 101))
 
 
-async def test_duplicate_client_msg_id_returns_original_receipt(inbox: InboxStore, store: Store) -> None:
+async def test_duplicate_client_msg_id_returns_original_receipt(inbox: Inboxes, store: Store) -> None:
     (first,) = await inbox.append([draft("a", "b", "same", body="one")])
     again = await inbox.append([draft("a", "b", "same", body="one"), draft("a", "b", "same", body="one")])
     assert all(r.duplicate for r in again)
@@ -81,14 +83,14 @@ async def test_duplicate_client_msg_id_returns_original_receipt(inbox: InboxStor
     assert not other.duplicate and other.seqs["b"] == 2
 
 
-async def test_duplicates_inside_one_batch_store_once(inbox: InboxStore, store: Store) -> None:
+async def test_duplicates_inside_one_batch_store_once(inbox: Inboxes, store: Store) -> None:
     receipts = await inbox.append([draft("a", "b", "x"), draft("a", "b", "x"), draft("a", "b", "y")])
     assert [r.duplicate for r in receipts] == [False, True, False]
     assert receipts[0].msg_id == receipts[1].msg_id
     assert await untrimmed_seqs(store, "b") == [1, 2]
 
 
-async def test_pull_pages_and_reports_more(inbox: InboxStore) -> None:
+async def test_pull_pages_and_reports_more(inbox: Inboxes) -> None:
     await inbox.append([draft("a", "b", str(i), body=f"m{i}") for i in range(7)])
     first = await inbox.pull("b", after=0, limit=3)
     assert [m["body"] for m in first.messages] == ["m0", "m1", "m2"]
@@ -99,7 +101,7 @@ async def test_pull_pages_and_reports_more(inbox: InboxStore) -> None:
     assert first.epoch == second.epoch
 
 
-async def test_ack_trims_only_below_every_active_device(inbox: InboxStore, store: Store) -> None:
+async def test_ack_trims_only_below_every_active_device(inbox: Inboxes, store: Store) -> None:
     await inbox.append([draft("a", "b", str(i)) for i in range(6)])
     await inbox.ack("b", "phone", upto=2)
     await inbox.ack("b", "browser", upto=5)
@@ -114,7 +116,7 @@ async def test_ack_trims_only_below_every_active_device(inbox: InboxStore, store
     assert [m["seq"] for m in page.messages] == [6]
 
 
-async def test_idle_device_stops_holding_back_and_then_sees_a_gap(inbox: InboxStore) -> None:
+async def test_idle_device_stops_holding_back_and_then_sees_a_gap(inbox: Inboxes) -> None:
     await inbox.append([draft("a", "b", str(i)) for i in range(4)])
     long_ago = datetime.now(UTC) - timedelta(days=3)
     await inbox.ack("b", "old-tablet", upto=1, now=long_ago)
@@ -129,7 +131,7 @@ async def stored_cursor(store: Store, user: str, device: str) -> int | None:
     return None if doc is None else doc["seq"]
 
 
-async def test_an_only_devices_cursor_is_written_lazily_and_refreshed(inbox: InboxStore, store: Store) -> None:
+async def test_an_only_devices_cursor_is_written_lazily_and_refreshed(inbox: Inboxes, store: Store) -> None:
     """A user's only device: its first ack writes its cursor; later ones move the floor alone until the
     stored cursor is older than the refresh interval (a minute here: a tenth of a day would be more)."""
     await inbox.append([draft("a", "b", str(i)) for i in range(6)])
@@ -146,7 +148,7 @@ async def test_an_only_devices_cursor_is_written_lazily_and_refreshed(inbox: Inb
 
 
 async def test_a_second_device_is_never_trimmed_past_and_makes_cursors_exact(
-        inbox: InboxStore, store: Store) -> None:
+        inbox: Inboxes, store: Store) -> None:
     """Once a user has two devices every ack writes its cursor, and the floor waits for the slower
     device, even though the first device's stored cursor was behind when the second appeared."""
     await inbox.append([draft("a", "b", str(i)) for i in range(8)])
@@ -164,7 +166,7 @@ async def test_a_second_device_is_never_trimmed_past_and_makes_cursors_exact(
     assert await untrimmed_seqs(store, "b") == [8]
 
 
-async def test_ack_beyond_head_is_refused_and_changes_nothing(inbox: InboxStore, store: Store) -> None:
+async def test_ack_beyond_head_is_refused_and_changes_nothing(inbox: Inboxes, store: Store) -> None:
     await inbox.append([draft("a", "b", "1")])
     with pytest.raises(InvalidInput) as err:
         await inbox.ack("b", "phone", upto=2)
@@ -173,7 +175,7 @@ async def test_ack_beyond_head_is_refused_and_changes_nothing(inbox: InboxStore,
     assert await untrimmed_seqs(store, "b") == [1]
 
 
-async def test_device_cursors_are_capped(inbox: InboxStore, store: Store) -> None:
+async def test_device_cursors_are_capped(inbox: Inboxes, store: Store) -> None:
     await inbox.append([draft("a", "b", "1")])
     for device in ("d1", "d2", "d3", "d4", "d5"):
         await inbox.ack("b", device, upto=0)
@@ -182,8 +184,8 @@ async def test_device_cursors_are_capped(inbox: InboxStore, store: Store) -> Non
 
 async def test_same_client_msg_id_racing_from_two_nodes_is_stored_once(store: Store) -> None:
     """Two writers (as on two nodes) both pass the duplicate pre-check; the unique index settles it."""
-    node_a = InboxStore(store, device_idle_secs=DAY_SECS, max_devices_per_user=3)
-    node_b = InboxStore(store, device_idle_secs=DAY_SECS, max_devices_per_user=3)
+    node_a = make_inboxes(store)
+    node_b = make_inboxes(store)
     for round_ in range(5):
         results = await asyncio.gather(node_a.append([draft("a", "b", f"race{round_}")]),
                                        node_b.append([draft("a", "b", f"race{round_}")]))
@@ -196,7 +198,7 @@ async def test_same_client_msg_id_racing_from_two_nodes_is_stored_once(store: St
 
 
 async def test_a_batch_that_fails_inside_its_transaction_leaves_nothing_behind(
-        inbox: InboxStore, store: Store) -> None:
+        inbox: Inboxes, store: Store) -> None:
     """Shared writers (no cache): the batch's counter steps and archive documents are one transaction.
     Here its insert fails half-way (the second draft's client_msg_id is stored already): nothing of the
     attempt stays, so written again the new message takes the next seqs, with no hole."""
@@ -212,10 +214,10 @@ async def test_a_batch_that_fails_inside_its_transaction_leaves_nothing_behind(
 async def test_counters_behind_the_archive_are_raised_by_the_next_shared_write(store: Store) -> None:
     """Counters behind the archive's keys (a single node that stopped before saving its heads, then the
     database used by a cluster): the shared writer finds the keys, raises the counters and goes on."""
-    first = InboxStore(store, device_idle_secs=DAY_SECS, max_devices_per_user=3)
+    first = make_inboxes(store)
     await first.append([draft("a", "b", str(i)) for i in range(3)])
     await store.counters.update_many({}, {"$set": {"seq": 0}})  # as if never saved
-    shared = InboxStore(store, device_idle_secs=DAY_SECS, max_devices_per_user=3)
+    shared = make_inboxes(store)
     (receipt,) = await shared.append([draft("c", "b", "next")])
     assert receipt.seqs["b"] == 4
     assert await untrimmed_seqs(store, "b") == [1, 2, 3, 4]
@@ -225,7 +227,7 @@ async def test_counters_behind_the_archive_are_raised_by_the_next_shared_write(s
 async def test_acks_inside_the_trim_interval_are_written_with_the_next_trim(store: Store) -> None:
     """An inbox trimmed less than the trim interval ago holds its next acks in memory: answered at once,
     written (cursor and trim) when the interval ends, or at shutdown."""
-    inbox = InboxStore(store, device_idle_secs=DAY_SECS, max_devices_per_user=3, trim_interval_secs=0.5)
+    inbox = make_inboxes(store, trim_interval_secs=0.5)
     await inbox.append([draft("a", "b", str(i)) for i in range(8)])
     first = await inbox.ack("b", "phone", upto=2)
     assert (first.cursor, first.trimmed) == (2, 2)
@@ -242,5 +244,5 @@ async def test_acks_inside_the_trim_interval_are_written_with_the_next_trim(stor
 
     assert (await inbox.ack("b", "phone", upto=6)).trimmed == 6  # the interval is over: written now
     assert (await inbox.ack("b", "phone", upto=8)).cursor == 8  # held again
-    await inbox.close()
+    await inbox.close_acks()
     assert await untrimmed_seqs(store, "b") == []

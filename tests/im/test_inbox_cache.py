@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 
 from im.delivery.cache import InboxCache
-from im.delivery.inbox import InboxStore
+from im.delivery.inboxes import Inboxes
 from im.errors import InvalidInput
 from im.models import Draft, PullResult, direct_conversation_id
 from im.storage.store import Store
 from tests.helpers import untrimmed_seqs
+from tests.im.conftest import make_inboxes
 
 DAY_SECS = 24 * 3600
 
@@ -23,9 +24,9 @@ def draft(sender: str, to: str, cmid: str, body: Any = "hi") -> Draft:
                  client_msg_id=cmid, recipients=(to, sender))
 
 
-def cached_inbox(store: Store, *, authoritative: bool = True, **cache_args: int) -> InboxStore:
-    return InboxStore(store, device_idle_secs=DAY_SECS, max_devices_per_user=3,
-                      cache=InboxCache(authoritative=authoritative, **cache_args))
+def cached_inbox(store: Store, *, authoritative: bool = True) -> Inboxes:
+    """A node's inboxes with a tail cache: the only writer (``authoritative``) or a cluster node."""
+    return make_inboxes(store, sole_writer=authoritative, cache=InboxCache(max_entries=100_000))
 
 
 async def store_reads(store: Store) -> int:
@@ -39,10 +40,10 @@ def same_page(a: PullResult, b: PullResult) -> None:
 
 async def test_pages_from_memory_equal_the_stores_and_cost_no_read(store: Store) -> None:
     cached = cached_inbox(store)
-    plain = InboxStore(store, device_idle_secs=DAY_SECS, max_devices_per_user=3)
+    plain = make_inboxes(store)
     await cached.append([draft("a", "b", f"m{i}", body={"n": i}) for i in range(12)])
     await cached.pull("b", after=0, limit=1)  # the inbox is known from here on
-    await cached.save_heads(stopping=True)  # for `plain`, which reads heads from the counters
+    await cached.stop()  # for `plain`, which reads heads from the counters
 
     before = await store_reads(store)
     pages = [await cached.pull("b", after=after, limit=limit)
@@ -84,19 +85,20 @@ async def test_interleaved_writers_in_a_cluster_never_hide_an_entry(store: Store
 
 async def test_trimmed_entries_report_a_gap_like_the_store(store: Store) -> None:
     cached = cached_inbox(store)
-    plain = InboxStore(store, device_idle_secs=DAY_SECS, max_devices_per_user=3)
+    plain = make_inboxes(store)
     await cached.append([draft("a", "b", f"m{i}") for i in range(8)])
     await cached.ack("b", "phone", upto=5)
-    await cached.save_heads(stopping=True)  # for `plain`, which reads heads from the counters
+    await cached.stop()  # for `plain`, which reads heads from the counters
     page = await cached.pull("b", after=2, limit=10)
     assert page.gap and [m["seq"] for m in page.messages] == [6, 7, 8]
     same_page(page, await plain.pull("b", after=2, limit=10))
 
 
 async def test_memory_is_bounded_and_eviction_falls_back_to_the_store(store: Store) -> None:
-    cached = cached_inbox(store, max_entries=10, max_per_user=4)
+    cache = InboxCache(max_entries=10, max_per_user=4)
+    cached = make_inboxes(store, sole_writer=True, cache=cache)
     await cached.append([draft("a", f"r{i}", f"m{i}") for i in range(8)])  # 16 entries
-    assert cached.cache is not None and len(cached.cache) <= 10
+    assert len(cache) <= 10
     for i in range(8):
         page = await cached.pull(f"r{i}", after=0, limit=10)
         assert [m["client_msg_id"] for m in page.messages] == [f"m{i}"]
@@ -136,16 +138,15 @@ async def test_a_wrong_cached_head_is_detected_and_the_batch_written_again(store
     assert [m["seq"] for m in page.messages][:1] == [1]
     assert await untrimmed_seqs(store, "target") == list(range(1, 7))
     # Each node saves the heads it advanced when it stops (and every HEAD_SAVE_SECS): the counter is the head.
-    await node_a.save_heads(stopping=True)
-    await node_b.save_heads(stopping=True)
+    await node_a.stop()
+    await node_b.stop()
     assert (await store.counters.find_one({"_id": "target"}) or {}).get("seq") == 6
     assert [m["seq"] for m in (await node_b.pull("target", after=0, limit=50)).messages] == list(range(1, 7))
 
 
 async def test_a_single_writer_archives_without_counter_steps_and_saves_heads_later(store: Store) -> None:
     """One node, the only writer: a batch is one insert; the counters follow within the save interval."""
-    alone = InboxStore(store, device_idle_secs=DAY_SECS, max_devices_per_user=3,
-                       cache=InboxCache(authoritative=True), head_save_secs=0.2)
+    alone = make_inboxes(store, sole_writer=True, cache=InboxCache(max_entries=100_000), head_save_secs=0.2)
     await alone.append([draft("a", "b", "0")])
     counted = await store.db.command("serverStatus")
     await alone.append([draft("a", "b", str(i)) for i in range(1, 4)])
@@ -204,6 +205,6 @@ async def test_a_cluster_node_after_a_crashed_single_node_raises_the_counters_at
     again = cached_inbox(store)
     await again.start()
     await again.append([draft("a", "b", "3")])
-    await again.save_heads(stopping=True)
+    await again.stop()
     assert (await store.db["meta"].find_one({"_id": "heads"}) or {}).get("saved") is True
     assert (await store.counters.find_one({"_id": "b"}) or {}).get("seq") == 4

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 from bson import ObjectId
 
-from im.delivery.inbox import InboxStore
 from im.models import Draft, direct_conversation_id
 from im.storage.embedded import EmbeddedMongo
 from im.storage.store import SCHEMA_VERSION, Store
+from tests.im.conftest import make_inboxes
 
 
 async def test_a_version_1_archive_gets_its_inbox_keys_and_its_inboxes_read_on(
@@ -34,7 +34,7 @@ async def test_a_version_1_archive_gets_its_inbox_keys_and_its_inboxes_read_on(
         await store.ensure_indexes()
         await store.ensure_indexes()  # a second start finds nothing to do
         assert (await store.db["meta"].find_one({"_id": "schema"}) or {}).get("version") == SCHEMA_VERSION
-        inbox = InboxStore(store, device_idle_secs=3600, max_devices_per_user=3)
+        inbox = make_inboxes(store, device_idle_secs=3600)
         page = await inbox.pull("b", after=0, limit=10)
         assert [(m["seq"], m["body"]) for m in page.messages] == [(1, "old 1"), (2, "old 2")]
         assert page.epoch == "eb"

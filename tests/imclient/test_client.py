@@ -35,7 +35,7 @@ async def stop_node(node: Node) -> None:
     """
     hub = node.service.hub
     for user in hub.local_users():
-        for listener in list(hub._listeners.get(user, ())):
+        for listener in list(hub.table.connections.get(user, ())):
             close = getattr(listener, "close", None)
             if close is not None:
                 close(1001, "going away")

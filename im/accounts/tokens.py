@@ -1,74 +1,28 @@
-"""Passwords (scrypt) and access tokens (JWT, HS256).
+"""Access tokens: HS256 JWTs naming the user, the device and the user's token version.
 
 Security notes:
-- Password hashes use scrypt with a per-password random salt; the parameters are stored with each hash
-  so they can be raised later without invalidating old hashes. Hashing costs ~50 ms of CPU, so it runs
-  in a worker thread (``hashlib.scrypt`` releases the GIL) and never blocks the event loop.
 - Tokens are verified with an explicit algorithm list, so ``alg: none`` and algorithm-confusion tokens
   are refused; ``exp``, ``iat``, ``nbf``, ``iss``, ``sub``, ``dev`` and ``ver`` are required.
 - Key rotation: every token names its key in the ``kid`` header (a hash prefix of the secret, never the
   secret). Old secrets stay accepted for verification until the tokens they signed expire.
 - Revocation: ``ver`` is the user's token version at login; logging out bumps it, which refuses every
-  token issued before (the service checks it, see ``MessagingService.authenticate``).
+  token issued before (checked per request by ``im/accounts/accounts.py``, not here).
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import hashlib
-import hmac
-import os
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import jwt
 
 from im.errors import AuthError
+from im.lru import LruDict
 
-__all__ = ["Principal", "TokenIssuer", "hash_password", "key_id", "parse_bearer", "verify_password"]
-
-# scrypt cost: N=2**14, r=8 uses 16 MiB and ~50 ms per hash (OWASP's minimum is N=2**17 with r=8, p=1;
-# we stay at 2**14 so a login storm on a 2-core node stays responsive; the cost is stored per hash).
-SCRYPT_N = 2**14
-SCRYPT_R = 8
-SCRYPT_P = 1
-SCRYPT_MAXMEM_BYTES = 64 * 1024 * 1024
-MIN_PASSWORD_CHARS = 8
-MAX_PASSWORD_CHARS = 1024
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return hashlib.scrypt(
-        password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=SCRYPT_MAXMEM_BYTES, dklen=32
-    )
-
-
-async def hash_password(password: str) -> str:
-    """Return ``scrypt$N$r$p$salt$hash`` for storage."""
-    salt = os.urandom(16)
-    digest = await asyncio.to_thread(_scrypt, password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
-    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
-
-
-async def verify_password(password: str, stored: str) -> bool:
-    """Constant-time check of ``password`` against a hash made by :func:`hash_password`."""
-    try:
-        scheme, n, r, p, salt, digest = stored.split("$")
-        if scheme != "scrypt":
-            return False
-        expected = base64.b64decode(digest)
-        actual = await asyncio.to_thread(_scrypt, password, base64.b64decode(salt), int(n), int(r), int(p))
-    except (ValueError, TypeError):
-        return False
-    return hmac.compare_digest(expected, actual)
+__all__ = ["Principal", "TokenIssuer", "key_id", "parse_bearer"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +46,8 @@ class TokenIssuer:
     # Tolerated clock difference between nodes when checking exp/iat/nbf.
     CLOCK_SKEW_SECS = 30
     # Tokens whose signature and claims were checked, remembered until they expire: a long-poll
-    # client presents the same token on every poll, and decoding plus the HMAC was ~7% of the
-    # server's CPU in the benchmark. Revocation is not affected (checked per request elsewhere).
+    # client presents the same token on every poll, and decoding is costly. Revocation is checked
+    # per request elsewhere, so it is not affected.
     VERIFIED_CACHE_SIZE = 4096
 
     def __init__(self, secret: str, *, ttl_secs: int, issuer: str, old_secrets: Sequence[str] = ()) -> None:
@@ -104,7 +58,7 @@ class TokenIssuer:
         self._keys = {key_id(s): s for s in (*old_secrets, secret)}
         self._ttl_secs = ttl_secs
         self._issuer = issuer
-        self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self._verified: LruDict[str, tuple[Principal, float]] = LruDict(self.VERIFIED_CACHE_SIZE)
 
     def issue(self, principal: Principal, *, now: float | None = None) -> tuple[str, int]:
         """Return ``(token, expires_at)`` with ``expires_at`` in Unix seconds."""
@@ -128,17 +82,14 @@ class TokenIssuer:
         """Return the token's principal, or raise :class:`AuthError` saying why it is refused."""
         if not token:
             raise AuthError("missing token", code="missing_token")
-        known = self._verified.get(token)
+        known = self._verified.touch(token)
         if known is not None:
             principal, valid_until = known
             if time.time() <= valid_until:
-                self._verified.move_to_end(token)
                 return principal
             del self._verified[token]  # expired: the full check below says so
         principal, expires_at = self._decode(token)
-        self._verified[token] = (principal, expires_at + self.CLOCK_SKEW_SECS)
-        if len(self._verified) > self.VERIFIED_CACHE_SIZE:
-            self._verified.popitem(last=False)
+        self._verified.put(token, (principal, expires_at + self.CLOCK_SKEW_SECS))
         return principal
 
     def _decode(self, token: str) -> tuple[Principal, float]:

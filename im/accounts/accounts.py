@@ -1,0 +1,101 @@
+"""Account use cases: register, log in, log out, and authenticate a request's token."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from im.accounts.passwords import MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, hash_password, verify_password
+from im.accounts.tokens import Principal, TokenIssuer
+from im.accounts.users import UserStore
+from im.errors import AuthError, InvalidInput, RateLimited
+from im.limits import Limits
+from im.lru import LruDict
+
+__all__ = ["Accounts"]
+
+log = logging.getLogger(__name__)
+
+# A logout on one node is seen by the others within this time (they cache token versions).
+TOKEN_VERSION_CACHE_SECS = 5.0
+# Users whose token version is cached on this node.
+TOKEN_VERSION_CACHE_SIZE = 100_000
+# Verifying against this hash when the user does not exist keeps login timing from revealing accounts.
+_DUMMY_HASH_PASSWORD = "not-a-real-password"
+
+
+class Accounts:
+    def __init__(self, users: UserStore, tokens: TokenIssuer, limits: Limits) -> None:
+        self.users = users
+        self._tokens = tokens
+        self._limits = limits
+        self._token_versions: LruDict[str, tuple[int, float]] = LruDict(TOKEN_VERSION_CACHE_SIZE)
+        self._dummy_hash: str | None = None
+
+    async def start(self) -> None:
+        self._dummy_hash = await hash_password(_DUMMY_HASH_PASSWORD)
+
+    async def register(self, user: str, password: str) -> None:
+        _check_password(password)
+        await self.users.create(user, await hash_password(password))
+        log.info("registered user %s", user)
+
+    async def login(self, user: str, password: str, device: str, *, client_ip: str = "") -> tuple[str, int]:
+        """Return ``(token, expires_at)``; the same error for an unknown user as for a wrong password.
+
+        Failed attempts are throttled per user id and per client address (brute-force protection);
+        while throttled even the right password is refused, so guessing cannot go on.
+        """
+        limits = self._limits
+        throttles = ((limits.login_failures_per_user, user), (limits.login_failures_per_ip, client_ip))
+        for limiter, key in throttles:
+            if limiter is not None and (wait := limiter.blocked_for(key)) > 0:
+                raise RateLimited(f"too many failed logins; retry in {wait:.0f} s", retry_after_secs=wait,
+                                  code="login_throttled")
+        stored = await self.users.credentials(user)
+        if stored is None:
+            await verify_password(password, self._dummy_hash or "")
+            ok, version = False, 0
+        else:
+            ok, version = await verify_password(password, stored[0]), stored[1]
+        if not ok:
+            for limiter, key in throttles:
+                if limiter is not None:
+                    limiter.peek_take(key)
+            log.warning("failed login for %s from %s", user, client_ip or "?")
+            raise AuthError("wrong user id or password", code="bad_credentials")
+        return self._tokens.issue(Principal(user=user, device=device, version=version))
+
+    async def logout(self, principal: Principal) -> None:
+        """Revoke every token of ``principal.user`` (all devices): they are refused from now on."""
+        version = await self.users.bump_token_version(principal.user)
+        self._token_versions.put(principal.user, (version, time.monotonic()))
+        log.info("user %s logged out: tokens before version %d revoked", principal.user, version)
+
+    async def authenticate(self, token: str) -> Principal:
+        """Verify the token and that it was not revoked (checked against a cache of a few seconds)."""
+        principal = self._tokens.verify(token)
+        cached = self._token_versions.get(principal.user)
+        if cached is not None and time.monotonic() - cached[1] < TOKEN_VERSION_CACHE_SECS:
+            current = cached[0]
+        else:
+            version = await self.users.token_version(principal.user)
+            if version is None:
+                raise AuthError("token names an unknown user", code="invalid_token")
+            current = version
+            self._token_versions.put(principal.user, (current, time.monotonic()))
+        if principal.version != current:
+            raise AuthError("token has been revoked (logged out)", code="token_revoked")
+        return principal
+
+    def check_client(self, client_ip: str) -> None:
+        """Per-address request limit, applied by every transport before any work."""
+        if self._limits.per_ip is not None:
+            self._limits.per_ip.check(client_ip)
+
+
+def _check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise InvalidInput(f"password must have at least {MIN_PASSWORD_CHARS} characters", field="password")
+    if len(password) > MAX_PASSWORD_CHARS:
+        raise InvalidInput(f"password must have at most {MAX_PASSWORD_CHARS} characters", field="password")

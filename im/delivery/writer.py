@@ -1,0 +1,120 @@
+"""Appending to inboxes: a batch of drafts archived with their seqs, each retried send deduplicated.
+
+Many concurrent sends share one write (see ``batching.py``); how the seqs are allocated is the
+allocator's business (``seqs.py``). Here: the dedup rounds, sealing bodies, and telling the tail
+cache what became durable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from bson import ObjectId
+
+from im.conversations.crypto import KeyRing
+from im.delivery.archive import Batch, WriteAgain, Written, receipt_from_archive, with_duplicate
+from im.delivery.cache import InboxCache
+from im.delivery.seqs import SeqAllocator
+from im.errors import StoreUnavailable
+from im.models import Draft, Receipt
+from im.storage.store import Store, dedup_key, store_errors, utcnow
+
+__all__ = ["InboxWriter"]
+
+log = logging.getLogger(__name__)
+
+# A duplicate client_msg_id racing in (or, for a single writer, a seq found taken) stops a batch; what
+# was not stored is re-checked and written again. More rounds than this means something else is wrong.
+MAX_WRITE_ROUNDS = 3
+
+
+class InboxWriter:
+    def __init__(self, store: Store, seqs: SeqAllocator, *, cache: InboxCache | None,
+                 cipher: KeyRing | None) -> None:
+        self._store = store
+        self._seqs = seqs
+        self._cache = cache
+        self._cipher = cipher
+
+    async def append(self, drafts: Sequence[Draft]) -> list[Receipt]:
+        """Durably store ``drafts`` (archived with one inbox key per recipient) and return their receipts.
+
+        Receipts are in the order of ``drafts``. A draft whose (sender, client_msg_id) was stored before,
+        or earlier in the same batch, gets the original receipt with ``duplicate=True`` and stores nothing.
+        """
+        receipts: dict[tuple[str, str], Receipt] = {}
+        for round_ in range(MAX_WRITE_ROUNDS):
+            # Optimistic: the first round writes without looking for stored duplicates (retries are rare
+            # and the unique index catches them); only after a rejection are the stored receipts read.
+            if round_ > 0:
+                pending = [d for d in drafts if d.dedup_key not in receipts]
+                receipts.update(await self._stored_receipts(pending))
+            fresh: dict[tuple[str, str], Draft] = {}
+            for draft in drafts:
+                if draft.dedup_key not in receipts:
+                    fresh.setdefault(draft.dedup_key, draft)
+            if not fresh:
+                break
+            try:
+                receipts.update(await self._write(list(fresh.values())))
+                break
+            except WriteAgain as again:
+                receipts.update(again.written.receipts)
+                log.info("a batch of %d was stored in part (%d): %s; writing the rest again",
+                         len(fresh), len(again.written.receipts), again.reason)
+        else:
+            raise StoreUnavailable("the messages could not be stored (inbox seqs or client_msg_ids kept "
+                                   "colliding with other writes); retry with the same client_msg_id")
+        out: list[Receipt] = []
+        first_of: set[tuple[str, str]] = set()
+        for draft in drafts:
+            receipt = receipts[draft.dedup_key]
+            if not receipt.duplicate and draft.dedup_key in first_of:
+                receipt = with_duplicate(receipt)
+            first_of.add(draft.dedup_key)
+            out.append(receipt)
+        return out
+
+    async def _stored_receipts(self, drafts: Sequence[Draft]) -> dict[tuple[str, str], Receipt]:
+        if not drafts:
+            return {}
+        keys = list({dedup_key(*d.dedup_key) for d in drafts})
+        async with store_errors("checking for duplicate sends"):
+            docs = await self._store.messages.find({"dk": {"$in": keys}}).to_list(len(keys))
+        return {(doc["from"], doc["cmid"]): receipt_from_archive(doc, duplicate=True) for doc in docs}
+
+    async def _write(self, drafts: list[Draft]) -> dict[tuple[str, str], Receipt]:
+        per_inbox = Counter(user for draft in drafts for user in draft.recipients)
+        cipher = self._cipher
+        # Sealed before the write (and outside any transaction): a conversation's first message creates
+        # its data key.
+        bodies = [d.body if cipher is None else await cipher.seal(d.conv, d.body) for d in drafts]
+        batch = Batch(drafts, [ObjectId() for _ in drafts], bodies, utcnow())
+        try:
+            written = await self._seqs.write(batch, per_inbox)
+        except WriteAgain as again:
+            self._remember(drafts, again.written)
+            raise
+        self._remember(drafts, written)
+        return written.receipts
+
+    def _remember(self, drafts: Sequence[Draft], written: Written) -> None:
+        """What became durable goes to the tail cache (bodies in clear) for the recipients' pulls."""
+        if self._cache is None or not written.receipts:
+            return
+        per_user: dict[str, list[dict[str, Any]]] = {}
+        for draft in drafts:
+            receipt = written.receipts.get(draft.dedup_key)
+            if receipt is None:
+                continue
+            for user, seq in receipt.seqs.items():
+                per_user.setdefault(user, []).append({
+                    "seq": seq, "msg_id": receipt.msg_id, "conv": draft.conv, "from": draft.sender,
+                    "to": draft.to, "kind": draft.kind, "body": draft.body,
+                    "client_msg_id": draft.client_msg_id, "ts": receipt.ts,
+                })
+        for user, messages in per_user.items():
+            self._cache.committed(user, epoch=written.epochs[user], messages=messages)
