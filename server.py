@@ -26,12 +26,10 @@ log = logging.getLogger("im.server")
 
 # Time given to in-flight requests (long-polls end early) before connections are cut at shutdown.
 SHUTDOWN_GRACE_SECS = 5.0
-# Allocations between young-generation collections (CPython's default is 700). At 1,000 msg/s the
-# default collected every ~40 ms, so the state of every request in flight (a send, a pull, a parked
-# long-poll) was promoted and piled up in the old generation until a full pass: ~800 young passes, 70
-# middle ones and 7 full ones (17-41 ms each) per 35 s, ~1 s of pauses in all. At 20,000 a collection
-# comes about every half second, what is in flight mostly dies young, and the pauses came to 30-70 ms
-# in all per 35 s with the longest 9-22 ms.
+# Allocations between young-generation collections (CPython's default is 700): under load the default
+# collects so often that the state of every request in flight (a send, a pull, a parked long-poll) is
+# promoted and piles up in the old generation until a full pass; at this threshold what is in flight
+# mostly dies young. The pauses before and after: docs/performance.md.
 GC_YOUNG_THRESHOLD = 20_000
 
 
@@ -50,8 +48,7 @@ async def serve(settings: Settings) -> None:
     server = build_http_server(runtime)
     server.listen(settings.port, settings.host)
     # Everything allocated so far (modules, handlers, settings) lives as long as the process: kept out
-    # of the collector's full passes, which otherwise walk it every time. Measured at 1,000 msg/s: full
-    # collections 233-300 ms in all over a run (longest 54 ms) before, 73-84 ms (longest 37-42) after.
+    # of the collector's full passes, which otherwise walk it every time.
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])

@@ -57,7 +57,7 @@ class Receipt:
             "conv": self.conv,
             "to": self.to,
             "ts": self.ts,
-            # The recipient's inbox seq, as the design asks; the sender's own seq is given too so a
+            # The recipient's inbox seq (see docs/design.md); the sender's own seq is given too so a
             # client can recognise its own message when it pulls its inbox.
             "seq": self.seqs.get(self.to, self.seqs.get(sender, 0)),
             "sender_seq": self.seqs.get(sender, 0),

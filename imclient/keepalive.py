@@ -7,8 +7,8 @@ The two requests a client makes at every message go through this minimal client 
 - the long-poll GET (:class:`KeepAliveConnection`): a client that closes, or a benchmark that stops
   hundreds of clients, must not leave waiting long-polls behind on the server;
 - the sends of a client without a WebSocket (:class:`KeepAlivePool`, one connection per send in
-  flight): a new connection per send cost both ends a TCP (over HTTPS, also a TLS) handshake, and
-  a third of the benchmark's clients were sending that way.
+  flight): a new connection per send would cost both ends a TCP (over HTTPS, also a TLS) handshake
+  (what that saves: docs/performance.md).
 
 Every other call goes through ``AsyncHTTPClient``. Requests sent here are safe to send twice (a GET,
 or a send carrying its ``client_msg_id``): when a reused connection turns out closed by the server

@@ -1,7 +1,7 @@
 """Conversation history: the archive (``messages``) paged newest first, unaffected by inbox trimming.
 
-SecantusDB reads every match of a query before sorting and limiting (shared DESIGN.md section 7), so
-"the 50 messages before X" is never asked as an open range. Pages are read in time windows bounded on
+SecantusDB reads every match of a query before sorting and limiting (see docs/design.md), so "the 50
+messages before X" is never asked as an open range. Pages are read in time windows bounded on
 both sides (ObjectIds start with their creation time): a window that holds too few messages is
 followed by an older, twice as wide one, until the page is full or the window passes the
 conversation's start (when its data key was made) or :data:`HISTORY_FLOOR`.

@@ -2,10 +2,7 @@
 
 Why uvloop: Tornado, the driver and the SDK all run on asyncio, and a busy node spends a large share of
 its time in the loop's own Python code (scheduling callbacks, polling, socket transports). uvloop is the
-same loop in C on libuv, a drop-in replacement. Measured at 1,000 msg/s on the benchmark's 1:1 chat
-(two cores shared with the store and the load generator): the server used 0.61-0.63 cores instead of
-0.64-0.68, the load generator 0.31-0.33 instead of 0.36-0.38, and the CPU they freed kept the store's
-group commits small (batches of ~15 instead of drifting to 100-180).
+same loop in C on libuv, a drop-in replacement; what it saves is in docs/performance.md.
 """
 
 from __future__ import annotations

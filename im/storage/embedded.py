@@ -72,15 +72,13 @@ class EmbeddedMongo:
         ]
         if self.sync_on_commit:
             # SecantusDB accepts j:true but, like mongod's default, does not fsync its log at commit
-            # unless told to: without this a crash (even kill -9) loses acknowledged writes. Measured
-            # here: batched message transactions ~227/s with it vs ~271/s without (group commit pays
-            # one fsync per batch).
+            # unless told to: without this a crash (even kill -9) loses acknowledged writes. Group
+            # commit pays one fsync per batch (its cost: docs/performance.md).
             command.append("--sync-on-commit")
         if self.standalone:
             # Without the single-node replica-set advertisement SecantusDB keeps no oplog: no second
             # encode and write per stored document. Nothing here reads the oplog (no change streams;
-            # nodes notify through Redis), and transactions work without it. Measured here: inserting
-            # archive-like documents with our indexes cost 0.40 ms of store CPU each instead of 0.47.
+            # nodes notify through Redis), and transactions work without it.
             command.append("--standalone")
         log.info("starting embedded SecantusDB on %s:%d with data in %s", self.host, self.port,
                  self.storage_path)
@@ -121,9 +119,9 @@ class EmbeddedMongo:
 # SIGKILLed by the kernel when the store goes first (prctl PR_SET_PDEATHSIG = 1, kept across exec).
 #
 # Why not PR_SET_PDEATHSIG on the store itself: the signal comes each time the store's parent thread
-# ends, and a killed server's threads end one by one, so the store got SIGTERM several times in a row.
-# SecantusDB's handler is not reentrant: a second SIGTERM inside the first deadlocked it (found by the
-# kill -9 test), the store kept the data directory locked, and the next start failed.
+# ends, and a killed server's threads end one by one, so the store would get SIGTERM several times in a
+# row. SecantusDB's handler is not reentrant: a second SIGTERM inside the first deadlocks it, the store
+# keeps the data directory locked, and the next start fails.
 _WATCH_STORE = (
     'while read -r _ _ _ ppid _ < "/proc/$2/stat" && [ "$ppid" = "$1" ]; do sleep 0.5; done; '
     '[ -e "/proc/$2" ] && kill -TERM "$2"'
