@@ -178,6 +178,16 @@ class Node:
             conn.close()
 
 
+@contextlib.asynccontextmanager
+async def running_node(settings: Settings) -> AsyncIterator[Node]:
+    """A Node started with ``settings`` for the ``async with`` body, stopped after it."""
+    node = await Node.start(settings)
+    try:
+        yield node
+    finally:
+        await node.stop()
+
+
 class WsClient:
     """A WebSocket test client that keeps notifies apart from replies."""
 

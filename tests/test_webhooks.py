@@ -16,7 +16,7 @@ from config import SettingsError
 from im.ops.webhooks import WebhookSender, retry_delay_secs, sign, verify
 from im.storage.embedded import EmbeddedMongo, free_port
 from tests.conftest import make_settings
-from tests.helpers import Node, eventually
+from tests.helpers import Node, eventually, running_node
 
 SECRET = "webhook-test-secret"
 
@@ -62,10 +62,9 @@ async def receiver() -> AsyncIterator[Receiver]:
 @pytest.fixture
 async def hooked_node(mongo: EmbeddedMongo, db_name: str, tmp_path: Path, receiver: Receiver) -> AsyncIterator[Node]:
     settings = make_settings(mongo.url, db_name, tmp_path, webhook_urls=receiver.url, webhook_secret=SECRET)
-    running = await Node.start(settings)
-    running.service.webhooks.first_retry_secs = 0.05  # retries within the test's time
-    yield running
-    await running.stop()
+    async with running_node(settings) as running:
+        running.service.webhooks.first_retry_secs = 0.05  # retries within the test's time
+        yield running
 
 
 async def test_each_stored_message_is_posted_once_signed(hooked_node: Node, receiver: Receiver) -> None:
