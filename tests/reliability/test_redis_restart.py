@@ -12,7 +12,6 @@ import asyncio
 import time
 
 import pytest
-from redis.asyncio import Redis
 
 from tests.cluster.conftest import StartNodes
 from tests.cluster.procs import RedisServer
@@ -39,14 +38,6 @@ def kill_redis(server: RedisServer) -> None:
     assert process is not None
     process.kill()
     process.wait()
-
-
-async def subscribers(url: str, channels: list[str]) -> dict[str, int]:
-    check = Redis.from_url(url)
-    try:
-        return {name.decode(): count for name, count in await check.pubsub_numsub(*channels)}
-    finally:
-        await check.aclose()
 
 
 @pytest.mark.timeout(600)
@@ -77,7 +68,7 @@ async def test_redis_killed_and_restarted_mid_stream(start_nodes: StartNodes, re
 
     assert during_outage > 0, "nothing was acknowledged while Redis was down: sends must not need it"
     channels = [f"im:notify:{n.node_id}" for n in nodes]
-    await eventually(lambda: subscribers(redis_server.url, channels),
+    await eventually(lambda: redis_server.subscribers(*channels),
                      until=lambda counts: counts == dict.fromkeys(channels, 1),
                      timeout_secs=RESUBSCRIBE_TIMEOUT_SECS, interval_secs=0.3, what="every node resubscribed")
     record("faults", f"redis-server killed (-9) and restarted mid-stream: {USERS} SDK users on {NODES} nodes", {
