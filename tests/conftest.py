@@ -16,7 +16,7 @@ import pytest
 
 from config import Settings, load_settings
 from im.storage.embedded import EmbeddedMongo, free_port
-from tests.helpers import Node
+from tests.helpers import Node, running_node
 
 TEST_JWT_SECRET = "test-secret-" + "x" * 40
 _db_numbers = itertools.count(1)
@@ -75,21 +75,15 @@ def settings(mongo: EmbeddedMongo, db_name: str, tmp_path: Path) -> Settings:
 @pytest.fixture
 async def node(settings: Settings) -> AsyncIterator[Node]:
     """A running server on a free port, talking to the session's SecantusDB."""
-    running = await Node.start(settings)
-    try:
+    async with running_node(settings) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 @pytest.fixture
 async def eager_trim_node(mongo: EmbeddedMongo, db_name: str, tmp_path: Path) -> AsyncIterator[Node]:
     """A node that trims on every acknowledgement (no trim interval): for tests of the floor itself."""
-    running = await Node.start(make_settings(mongo.url, db_name, tmp_path, trim_interval_secs=0))
-    try:
+    async with running_node(make_settings(mongo.url, db_name, tmp_path, trim_interval_secs=0)) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import urlencode
 
 import msgpack
@@ -25,6 +27,30 @@ from im.storage.store import SEQ_DIGITS, Store, inbox_range
 
 PASSWORD = "correct horse battery"
 _ids = itertools.count(1)
+T = TypeVar("T")
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T] | T], *, until: Callable[[T], object] = bool,
+    timeout_secs: float = 5.0, interval_secs: float = 0.05, what: str = "",
+) -> T:
+    """Call ``check`` (plain or async) every ``interval_secs`` until ``until`` holds for its result
+    (by default: the result is truthy); return that result.
+
+    When ``timeout_secs`` pass first, raise AssertionError naming ``what`` and the last result, so a
+    ``check`` that returns what it looked at (not just a bool) explains the failure by itself.
+    """
+    deadline = time.monotonic() + timeout_secs
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        value = cast(T, result)
+        if until(value):
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {timeout_secs:g} s: {what or 'the condition'}; last: {value!r}")
+        await asyncio.sleep(interval_secs)
 
 
 @dataclass
@@ -150,6 +176,16 @@ class Node:
             yield client
         finally:
             conn.close()
+
+
+@contextlib.asynccontextmanager
+async def running_node(settings: Settings) -> AsyncIterator[Node]:
+    """A Node started with ``settings`` for the ``async with`` body, stopped after it."""
+    node = await Node.start(settings)
+    try:
+        yield node
+    finally:
+        await node.stop()
 
 
 class WsClient:

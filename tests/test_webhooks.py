@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ from config import SettingsError
 from im.ops.webhooks import WebhookSender, retry_delay_secs, sign, verify
 from im.storage.embedded import EmbeddedMongo, free_port
 from tests.conftest import make_settings
-from tests.helpers import Node
+from tests.helpers import Node, eventually, running_node
 
 SECRET = "webhook-test-secret"
 
@@ -30,7 +28,6 @@ class Receiver:
         self.fail_first = fail_first
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.accepted: list[dict[str, Any]] = []
-        self.changed = asyncio.Event()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/hook"
 
@@ -40,7 +37,6 @@ class Receiver:
         class Hook(tornado.web.RequestHandler):
             def post(self) -> None:
                 receiver.requests.append((dict(self.request.headers), self.request.body))
-                receiver.changed.set()
                 if len(receiver.requests) <= receiver.fail_first:
                     self.set_status(503)
                     return
@@ -50,12 +46,8 @@ class Receiver:
         return tornado.web.Application([(r"/hook", Hook)])
 
     async def wait_accepted(self, count: int, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.accepted) < count:
-            assert time.monotonic() < deadline, f"{len(self.accepted)} of {count} webhooks accepted"
-            self.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), deadline - time.monotonic())
+        await eventually(lambda: len(self.accepted), until=lambda accepted: accepted >= count,
+                         timeout_secs=timeout, what=f"{count} webhooks accepted")
 
 
 @pytest.fixture
@@ -70,10 +62,9 @@ async def receiver() -> AsyncIterator[Receiver]:
 @pytest.fixture
 async def hooked_node(mongo: EmbeddedMongo, db_name: str, tmp_path: Path, receiver: Receiver) -> AsyncIterator[Node]:
     settings = make_settings(mongo.url, db_name, tmp_path, webhook_urls=receiver.url, webhook_secret=SECRET)
-    running = await Node.start(settings)
-    running.service.webhooks.first_retry_secs = 0.05  # retries within the test's time
-    yield running
-    await running.stop()
+    async with running_node(settings) as running:
+        running.service.webhooks.first_retry_secs = 0.05  # retries within the test's time
+        yield running
 
 
 async def test_each_stored_message_is_posted_once_signed(hooked_node: Node, receiver: Receiver) -> None:
@@ -101,11 +92,10 @@ async def test_failed_posts_are_retried_with_backoff(hooked_node: Node, receiver
     assert [e["msg_id"] for e in receiver.accepted] == [sent.body["msg_id"]]
     attempts = [headers["X-Im-Delivery-Attempt"] for headers, _ in receiver.requests]
     assert attempts == ["1", "2", "3"]
-    deadline = time.monotonic() + 10
     ok = 'im_webhook_deliveries_total{outcome="ok"} 1.0'
-    while ok not in (metrics := hooked_node.service.metrics.render().decode()):  # the sender counts
-        assert time.monotonic() < deadline, metrics                              # after the answer
-        await asyncio.sleep(0.05)
+    metrics = await eventually(lambda: hooked_node.service.metrics.render().decode(),  # the sender counts
+                               until=lambda text: ok in text, timeout_secs=10,         # after the answer
+                               what="the delivery counted ok")
     assert 'im_webhook_deliveries_total{outcome="retry"} 2.0' in metrics
 
 

@@ -17,6 +17,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from redis.asyncio import Redis
+
 from im.storage import childproc
 from im.storage.childproc import stop_process
 from tests.conftest import TEST_JWT_SECRET
@@ -55,6 +57,14 @@ class RedisServer:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    async def subscribers(self, *channels: str) -> dict[str, int]:
+        """How many clients are subscribed to each of ``channels`` (PUBSUB NUMSUB)."""
+        check = Redis.from_url(self.url)
+        try:
+            return {name.decode(): count for name, count in await check.pubsub_numsub(*channels)}
+        finally:
+            await check.aclose()
 
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server")

@@ -6,24 +6,17 @@ import asyncio
 from typing import Any
 
 from tests.cluster.conftest import StartNodes
-from tests.helpers import Node
+from tests.helpers import Node, eventually
 
 # Short timings so the TTL expiry of a killed node is observed in seconds.
 FAST = {"presence_ttl_secs": 2, "heartbeat_secs": 0.5, "presence_linger_secs": 0.5}
-WAIT_SECS = 20.0
+WAIT_SECS, CHECK_EVERY_SECS = 20.0, 0.2
 
 
 async def presence(node: Node, token: str, user: str) -> dict[str, Any]:
     response = await node.request("GET", f"/api/v1/presence/{user}", token=token)
     assert response.status == 200, response.body
     return response.body
-
-
-async def eventually(check: Any, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + WAIT_SECS
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, what
-        await asyncio.sleep(0.2)
 
 
 async def test_presence_on_connect_disconnect_and_node_death(start_nodes: StartNodes) -> None:
@@ -39,17 +32,20 @@ async def test_presence_on_connect_disconnect_and_node_death(start_nodes: StartN
         assert info == {"user": "xavier", "online": True, "connections": 1, "nodes": ["node1"]}
         async with two.ws(x):
             await eventually(lambda: _is(two, y, "xavier", connections=2, nodes=["node1", "node2"]),
-                             "two connections on two nodes")
+                             what="two connections on two nodes",
+                             timeout_secs=WAIT_SECS, interval_secs=CHECK_EVERY_SECS)
             listing = await two.request("GET", "/api/v1/presence", token=y)
             assert listing.body["users"] == [
                 {"user": "xavier", "online": True, "connections": 2, "nodes": ["node1", "node2"]}]
-    await eventually(lambda: _is(two, y, "xavier", online=False), "offline after disconnect")
+    await eventually(lambda: _is(two, y, "xavier", online=False), what="offline after disconnect",
+                     timeout_secs=WAIT_SECS, interval_secs=CHECK_EVERY_SECS)
 
     # A node killed with connections open cannot clean up: its entries expire with its TTL.
     async with one.ws(x):
         assert (await presence(two, y, "xavier"))["nodes"] == ["node1"]
         node1.kill()
-        await eventually(lambda: _is(two, y, "xavier", online=False), "offline after node1 died")
+        await eventually(lambda: _is(two, y, "xavier", online=False), what="offline after node1 died",
+                         timeout_secs=WAIT_SECS, interval_secs=CHECK_EVERY_SECS)
 
 
 async def test_a_waiting_long_poll_counts_as_a_connection(start_nodes: StartNodes) -> None:
@@ -57,9 +53,11 @@ async def test_a_waiting_long_poll_counts_as_a_connection(start_nodes: StartNode
     x = await one.user("xavier")
     y = await two.user("yvonne")
     poll = asyncio.ensure_future(two.poll(y, after=0, timeout=5))
-    await eventually(lambda: _is(one, x, "yvonne", connections=1, nodes=["node2"]), "long-poll present")
+    await eventually(lambda: _is(one, x, "yvonne", connections=1, nodes=["node2"]), what="long-poll present",
+                     timeout_secs=WAIT_SECS, interval_secs=CHECK_EVERY_SECS)
     await poll
-    await eventually(lambda: _is(one, x, "yvonne", online=False), "gone after the poll ended")
+    await eventually(lambda: _is(one, x, "yvonne", online=False), what="gone after the poll ended",
+                     timeout_secs=WAIT_SECS, interval_secs=CHECK_EVERY_SECS)
 
 
 async def test_online_listing_pages_across_nodes(start_nodes: StartNodes) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-
-from redis.asyncio import Redis
+from typing import Any
 
 from tests.cluster.conftest import StartNodes
 from tests.cluster.exchange import expected, receive_poll, receive_ws, send_rest, send_ws
 from tests.cluster.procs import RedisServer
+from tests.helpers import eventually
 
 BEFORE, DURING, AFTER = 40, 30, 40
 TOTAL = BEFORE + DURING + AFTER
@@ -40,12 +40,8 @@ async def test_redis_restart_mid_stream_loses_nothing(start_nodes: StartNodes, r
     assert x_got == expected("y", TOTAL)
     assert y_got == expected("x", TOTAL)
 
-    check = Redis.from_url(redis_server.url)
-    try:
-        counts = dict(await check.pubsub_numsub("im:notify:node1", "im:notify:node2"))
-        assert counts == {b"im:notify:node1": 1, b"im:notify:node2": 1}  # both nodes resubscribed
-    finally:
-        await check.aclose()
+    counts = await redis_server.subscribers("im:notify:node1", "im:notify:node2")
+    assert counts == {"im:notify:node1": 1, "im:notify:node2": 1}  # both nodes resubscribed
     for node in (node1, node2):
         log = node.log()
         # The outage is logged once per component, not once per message.
@@ -65,11 +61,11 @@ async def test_a_node_starts_and_serves_without_redis(start_nodes: StartNodes, r
         seq = await y_ws.notify(timeout=15)  # same node: delivered without Redis
         assert (await y_ws.pull(after=seq - 1))["messages"][0]["body"] == "no redis needed"
         redis_server.start()
-        deadline = asyncio.get_running_loop().time() + 20
-        while True:  # once Redis is back the node registers itself and its users
-            info = (await client.request("GET", "/api/v1/presence/yvonne", token=x)).body
-            if info.get("online"):
-                break
-            assert asyncio.get_running_loop().time() < deadline, info
-            await asyncio.sleep(0.3)
+
+        async def yvonnes_presence() -> dict[str, Any]:
+            return (await client.request("GET", "/api/v1/presence/yvonne", token=x)).body
+
+        # Once Redis is back the node registers itself and its users.
+        info = await eventually(yvonnes_presence, until=lambda body: body.get("online"), timeout_secs=20,
+                                interval_secs=0.3, what="yvonne online")
     assert info["nodes"] == ["node1"]

@@ -10,7 +10,7 @@ import pytest
 
 from config import Settings
 from tests.conftest import make_settings
-from tests.helpers import Node, drain_inbox
+from tests.helpers import Node, drain_inbox, running_node
 
 MISSING_ID = "ffffffffffffffffffffffff"
 
@@ -93,12 +93,9 @@ async def test_group_files_and_bad_uploads(node: Node) -> None:
 
 @pytest.fixture
 async def small_files(settings: Settings, tmp_path: Path) -> AsyncIterator[Node]:
-    running = await Node.start(make_settings(settings.mongo_url, settings.mongo_db, tmp_path,
-                                             file_max_bytes=100_000))
-    try:
+    async with running_node(make_settings(settings.mongo_url, settings.mongo_db, tmp_path,
+                                          file_max_bytes=100_000)) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 async def test_size_limit(small_files: Node) -> None:

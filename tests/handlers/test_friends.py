@@ -9,7 +9,7 @@ import pytest
 
 from config import Settings
 from tests.conftest import make_settings
-from tests.helpers import Node
+from tests.helpers import Node, running_node
 
 
 def states(response) -> dict[str, str]:
@@ -71,11 +71,8 @@ def friends_only(settings: Settings, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 async def strict_node(friends_only: Settings) -> AsyncIterator[Node]:
-    running = await Node.start(friends_only)
-    try:
+    async with running_node(friends_only) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 async def test_friends_policy_refuses_strangers(strict_node: Node) -> None:

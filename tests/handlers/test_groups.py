@@ -16,7 +16,7 @@ import tornado.httpclient
 
 from config import Settings
 from tests.conftest import make_settings
-from tests.helpers import Node, WsClient
+from tests.helpers import Node, WsClient, running_node
 
 _ids = itertools.count(1)
 
@@ -95,12 +95,9 @@ async def test_non_members_cannot_send_or_read(node: Node) -> None:
 
 @pytest.fixture
 async def small_groups(settings: Settings, tmp_path: Path) -> AsyncIterator[Node]:
-    running = await Node.start(make_settings(settings.mongo_url, settings.mongo_db, tmp_path,
-                                             group_max_members=3))
-    try:
+    async with running_node(make_settings(settings.mongo_url, settings.mongo_db, tmp_path,
+                                          group_max_members=3)) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 async def test_member_cap(small_groups: Node) -> None:

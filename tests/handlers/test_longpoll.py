@@ -6,7 +6,7 @@ import asyncio
 import socket
 import time
 
-from tests.helpers import Node, untrimmed_seqs
+from tests.helpers import Node, eventually, untrimmed_seqs
 
 
 async def test_returns_at_once_when_inbox_has_newer(node: Node) -> None:
@@ -51,10 +51,8 @@ async def test_after_acknowledges_and_trims(node: Node) -> None:
     second = (await node.poll(bob, after=first["next"], timeout=1)).body
     assert [m["body"] for m in second["messages"]] == ["m3"]
     # The poll's acknowledgement is written in the background (batched): the trim follows shortly.
-    deadline = time.monotonic() + 5
-    while (kept := await untrimmed_seqs(node.service.store, "bob")) != [4]:
-        assert time.monotonic() < deadline, f"entries 1..3 were not trimmed: {kept}"
-        await asyncio.sleep(0.05)
+    await eventually(lambda: untrimmed_seqs(node.service.store, "bob"), until=lambda kept: kept == [4],
+                     what="entries 1..3 trimmed")
     # The archive keeps the 4 messages (plus the delivered receipt the trim sent alice).
     assert await node.service.store.messages.count_documents({"kind": {"$ne": "receipt"}}) == 4
 
@@ -85,10 +83,7 @@ async def test_client_that_goes_away_leaves_no_waiter(node: Node) -> None:
         await asyncio.sleep(0.01)
     await task
     assert seen_waiting
-    for _ in range(100):
-        if node.service.hub.listener_count("bob") == 0:
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: node.service.hub.listener_count("bob") == 0, what="bob's waiter gone")
     assert node.service.hub.listener_count() == 0
 
 

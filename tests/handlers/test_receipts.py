@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 from tests.conftest import make_settings
-from tests.helpers import Node, drain_inbox, untrimmed_seqs
+from tests.helpers import Node, drain_inbox, eventually, untrimmed_seqs
 
 
 def receipts_in(messages: list[dict[str, Any]]) -> list[tuple[str, str, list[str]]]:
@@ -107,10 +105,8 @@ async def test_a_trim_put_off_by_the_interval_still_happens_without_another_ack(
         assert (await node.ack(bob, 1)).body["trimmed"] == 1
         second = (await node.send(alice, "bob", "two")).body["msg_id"]
         assert (await node.ack(bob, 2)).body["trimmed"] == 1  # within the interval: put off
-        deadline = time.monotonic() + 5
-        while await untrimmed_seqs(node.service.store, "bob"):
-            assert time.monotonic() < deadline, "the deferred trim never happened"
-            await asyncio.sleep(0.05)
+        await eventually(lambda: untrimmed_seqs(node.service.store, "bob"), until=lambda kept: not kept,
+                         what="the deferred trim")
         messages, _ = await drain_inbox(node, alice)
         assert receipts_in(messages) == [("delivered", "bob", [first]), ("delivered", "bob", [second])]
     finally:

@@ -11,7 +11,7 @@ import socket
 import struct
 
 from tests.conftest import make_settings
-from tests.helpers import Node, drain_inbox
+from tests.helpers import Node, drain_inbox, eventually
 
 
 def _masked_text_frame(payload: bytes) -> bytes:
@@ -55,10 +55,8 @@ async def test_slow_consumer_is_disconnected_and_recovers_by_pulling(mongo, db_n
                 assert await c.notify(timeout=5) == 1
                 assert [m["body"] for m in (await c.pull(after=0))["messages"]] == ["not delayed"]
             # The stalled socket is cut off: its listener is gone.
-            for _ in range(200):
-                if node.service.hub.listener_count("bob") == 0:
-                    break
-                await asyncio.sleep(0.05)
+            await eventually(lambda: node.service.hub.listener_count("bob") == 0, timeout_secs=15,
+                             what="the stalled socket's listener gone")
             assert node.service.hub.listener_count("bob") == 0
         finally:
             sock.close()

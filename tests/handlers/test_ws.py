@@ -14,7 +14,7 @@ import pytest
 from config import Settings
 from im.models import Draft, direct_conversation_id
 from tests.conftest import make_settings
-from tests.helpers import Node, drain_inbox, untrimmed_seqs
+from tests.helpers import Node, drain_inbox, eventually, untrimmed_seqs
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "msgpack"])
@@ -167,15 +167,11 @@ async def test_dead_connection_is_closed_and_its_state_freed(mongo, db_name, tmp
         token = await node.user("bob")
         sock = await asyncio.to_thread(_raw_ws_handshake, node.port, token)
         try:
-            for _ in range(50):
-                if node.service.hub.listener_count("bob") == 1:
-                    break
-                await asyncio.sleep(0.05)
+            await eventually(lambda: node.service.hub.listener_count("bob") == 1, what="bob's socket listening")
             assert node.service.hub.listener_count("bob") == 1
-            for _ in range(300):  # never pongs: dropped after the timeout + Tornado's 5 s close handshake
-                if node.service.hub.listener_count("bob") == 0:
-                    break
-                await asyncio.sleep(0.05)
+            # Never pongs: dropped after the timeout + Tornado's 5 s close handshake.
+            await eventually(lambda: node.service.hub.listener_count("bob") == 0, timeout_secs=20,
+                             what="the dead socket dropped")
             assert node.service.hub.listener_count("bob") == 0
         finally:
             sock.close()

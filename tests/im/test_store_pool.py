@@ -8,6 +8,7 @@ import os
 
 from im.storage.embedded import EmbeddedMongo
 from im.storage.store import Store
+from tests.helpers import eventually
 
 
 def open_sockets() -> int:
@@ -27,10 +28,9 @@ async def test_connections_a_burst_opened_are_closed_once_idle(mongo: EmbeddedMo
         baseline = open_sockets()
         await asyncio.gather(*(store.users.find_one({"_id": "someone"}) for _ in range(60)))
         assert open_sockets() >= baseline + 2  # the burst opened connections of its own
-        for _ in range(75):  # the driver prunes idle connections about once a second
-            if open_sockets() <= baseline:
-                break
-            await asyncio.sleep(0.2)
+        # The driver prunes idle connections about once a second.
+        await eventually(open_sockets, until=lambda count: count <= baseline, timeout_secs=20, interval_secs=0.2,
+                         what=f"back to the {baseline} sockets of before the burst")
         assert open_sockets() <= baseline
         assert await store.users.find_one({"_id": "someone"}) == {"_id": "someone"}  # reconnects on demand
     finally:

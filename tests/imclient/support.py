@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from typing import Any
+
+from tests.helpers import eventually
 
 
 class Inbox:
@@ -14,11 +15,9 @@ class Inbox:
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
         self.gaps: list[dict[str, Any]] = []
-        self._changed = asyncio.Event()
 
     def __call__(self, message: dict[str, Any]) -> None:
         self.messages.append(message)
-        self._changed.set()
 
     def on_gap(self, reply: dict[str, Any]) -> None:
         self.gaps.append(reply)
@@ -28,14 +27,8 @@ class Inbox:
 
     async def wait_for(self, count: int, *, sender: str | None = None, timeout: float = 20.0) -> list[str]:
         """Wait until ``count`` messages (from ``sender``) arrived; return their bodies."""
-        deadline = time.monotonic() + timeout
-        while len(self.bodies(sender)) < count:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"only {len(self.bodies(sender))} of {count} messages arrived"
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
-        return self.bodies(sender)
+        return await eventually(lambda: self.bodies(sender), until=lambda bodies: len(bodies) >= count,
+                                timeout_secs=timeout, what=f"{count} messages arrived")
 
 
 class ReplyDroppingProxy:

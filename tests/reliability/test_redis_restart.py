@@ -12,10 +12,10 @@ import asyncio
 import time
 
 import pytest
-from redis.asyncio import Redis
 
 from tests.cluster.conftest import StartNodes
 from tests.cluster.procs import RedisServer
+from tests.helpers import eventually
 from tests.reliability.fleet import Fleet
 from tests.reliability.test_node_kill import CLUSTER_SETTINGS
 from tests.reliability_report import record
@@ -38,14 +38,6 @@ def kill_redis(server: RedisServer) -> None:
     assert process is not None
     process.kill()
     process.wait()
-
-
-async def subscribers(url: str, channels: list[str]) -> dict[str, int]:
-    check = Redis.from_url(url)
-    try:
-        return {name.decode(): count for name, count in await check.pubsub_numsub(*channels)}
-    finally:
-        await check.aclose()
 
 
 @pytest.mark.timeout(600)
@@ -76,10 +68,9 @@ async def test_redis_killed_and_restarted_mid_stream(start_nodes: StartNodes, re
 
     assert during_outage > 0, "nothing was acknowledged while Redis was down: sends must not need it"
     channels = [f"im:notify:{n.node_id}" for n in nodes]
-    deadline = time.monotonic() + RESUBSCRIBE_TIMEOUT_SECS
-    while (counts := await subscribers(redis_server.url, channels)) != dict.fromkeys(channels, 1):
-        assert time.monotonic() < deadline, counts
-        await asyncio.sleep(0.3)
+    await eventually(lambda: redis_server.subscribers(*channels),
+                     until=lambda counts: counts == dict.fromkeys(channels, 1),
+                     timeout_secs=RESUBSCRIBE_TIMEOUT_SECS, interval_secs=0.3, what="every node resubscribed")
     record("faults", f"redis-server killed (-9) and restarted mid-stream: {USERS} SDK users on {NODES} nodes", {
         "acknowledged": ledger.acknowledged, "lost": ledger.lost, "duplicated": ledger.duplicated,
         "reordered": ledger.reordered, "deliveries checked": ledger.deliveries_checked,

@@ -12,7 +12,7 @@ from typing import Any
 
 from playwright.async_api import expect
 
-from tests.helpers import PASSWORD, Node
+from tests.helpers import PASSWORD, Node, eventually
 from tests.web.support import UI_TIMEOUT_MS, WebUser
 
 
@@ -232,10 +232,8 @@ async def test_auto_mode_stays_on_longpoll_when_websocket_is_refused(node: Node,
         await owen.page.route_web_socket("**/ws", drop)
         await owen.sign_in(PASSWORD)
         await expect(owen.page.locator("#connection-status")).to_have_attribute("data-transport", "longpoll")
-        for _ in range(50):  # the probe runs shortly after the start
-            if dropped:
-                break
-            await owen.page.wait_for_timeout(100)
+        # The probe runs shortly after the start.
+        await eventually(lambda: dropped, timeout_secs=10, interval_secs=0.1, what="the WebSocket probe")
         assert dropped, "the client never probed the WebSocket"
         assert (await node.send(sender, "owen", "still arrives")).status == 201
         await owen.open_chat("paula")
