@@ -32,6 +32,7 @@ import tornado.websocket
 from config import Settings
 from handlers.base import origin_allowed
 from handlers.errors import error_frame
+from handlers.ws_notify import SocketNotifies
 from im.accounts.tokens import Principal, parse_bearer
 from im.errors import AuthError, ImError, InvalidInput
 from im.models import PullResult, Receipt
@@ -69,17 +70,14 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
         self.principal: Principal | None = None
         self.binary = False
         self._auth_timer: asyncio.TimerHandle | None = None
-        self._pending_seq = -1
-        self._sent_seq = -1
-        # With echo=0: the highest seq of the user's inbox that this socket's own sends created.
+        self._notifies = SocketNotifies(self._emit)
+        # echo=0: this socket is not notified of the entries its own sends created.
         self._echo_own = True
-        self._own_upto = 0
         # Frames being served (their outcomes); the next frame is read only below MAX_FRAMES_IN_FLIGHT.
         self._in_flight: set[asyncio.Future[Any]] = set()
         # The newest frame written, and the task waiting for the peer to take a backlog (if any).
         self._last_write: asyncio.Future[None] | None = None
         self._draining: asyncio.Task[None] | None = None
-        self._rechecking: asyncio.Task[None] | None = None
         self._closed = False
 
     # -- handshake ------------------------------------------------------------------------------------
@@ -99,15 +97,14 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
     def _release_handshake(self) -> None:
         """Drop the handshake's request and response headers: Tornado has written the 101 and read
         every header it needs before ``open``, and ``open`` is their last reader, yet the handler would
-        keep them (a JWT among them) for the socket's whole life: about 2 KB per idle socket, measured
-        with ``scripts/conn_memory.py``."""
+        keep them (a JWT among them) for the socket's whole life."""
         self.request.headers = tornado.httputil.HTTPHeaders()
         self._headers = tornado.httputil.HTTPHeaders()
 
     async def _open(self) -> None:
         # Frames are small and latency is the point: with Nagle on (Tornado's default after the
         # upgrade), a reply written while the previous frame is unacknowledged waits for the peer's
-        # delayed ACK, ~40 ms (measured: p90 notify-to-receive 45 ms at 100 msg/s).
+        # delayed ACK.
         self.set_nodelay(True)
         self.binary = self.get_query_argument("format", "json") == "msgpack"
         self._echo_own = self.get_query_argument("echo", "1") != "0"
@@ -225,8 +222,8 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
         return None if self._echo_own else self._own_entry_stored
 
     def _track(self, outcome: asyncio.Future[Any], rid: Any) -> None:
-        """A frame in flight: its reply is written by a done callback, not by a task per frame (under
-        load a task per reply, and its turns of the event loop, was a large share of the server's time)."""
+        """A frame in flight: its reply is written by a done callback, not by a task per frame (a task
+        per reply costs turns of the event loop that every other socket waits behind)."""
         self._in_flight.add(outcome)
         outcome.add_done_callback(functools.partial(self._reply, rid))
 
@@ -283,49 +280,17 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
     def _own_entry_stored(self, receipt: Receipt) -> None:
         """A send of this socket is durable and about to be notified (echo=0): not to this socket."""
         assert self.principal is not None
-        self._own_upto = max(self._own_upto, receipt.seqs.get(self.principal.user, 0))
+        self._notifies.own_entry(receipt.seqs.get(self.principal.user, 0))
 
     def inbox_changed(self, seq: int) -> None:
         """Hub callback: notify now, or, while the peer is not taking what was written to it, once it
-        has (coalesced: only the newest seq waits)."""
-        if seq == 0:
-            self._recheck()
-            return
-        if seq <= self._own_upto:
-            return  # this socket's own sends: its client has them from the `sent` replies
-        self._pending_seq = max(self._pending_seq, seq)
-        if self._draining is None:
-            self._flush_notify()
-
-    def _recheck(self) -> None:
-        """Notifies may have been lost (the hub's poke after a Redis outage): read the inbox head from
-        the store and notify it, even if that seq was notified before. Resending the last notified seq
-        instead did not make a client pull what was stored while notifies were lost: it already held
-        that seq and ignored the notify (found by the Redis kill test: acknowledged messages stayed
-        undelivered until the user's next message)."""
-        if self._closed or self.principal is None or self._rechecking is not None:
-            return
-        self._rechecking = asyncio.create_task(self._notify_head(self.principal))
-
-    async def _notify_head(self, principal: Principal) -> None:
-        try:
-            head = await self.service.inbox_head(principal)
-        except ImError as error:
-            log.warning("ws %s: inbox head not read for a re-check (%s); notifying the last seq again",
-                        self._who(), error.message)
-            head = max(self._sent_seq, 0)
-        finally:
-            self._rechecking = None
-        if head > 0:
-            self._pending_seq = max(self._pending_seq, head)
-            self._sent_seq = min(self._sent_seq, head - 1)
-            if self._draining is None:
-                self._flush_notify()
-
-    def _flush_notify(self) -> None:
-        if self._pending_seq > self._sent_seq and not self._closed:
-            self._sent_seq = self._pending_seq
-            self._emit({"t": "notify", "seq": self._sent_seq})
+        has; seq 0 asks for a re-check of the stored head."""
+        if seq != 0:
+            self._notifies.changed(seq, held=self._draining is not None)
+        elif not self._closed and self.principal is not None:
+            principal = self.principal
+            self._notifies.recheck(lambda: self.service.inbox_head(principal),
+                                   held=lambda: self._draining is not None, who=self._who())
 
     def going_away(self) -> None:
         """Node shutdown: 1001 tells the client to reconnect (to another node); nothing is lost."""
@@ -379,7 +344,8 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
                     return
         finally:
             self._draining = None
-        self._flush_notify()
+        if not self._closed:
+            self._notifies.flush()
 
     def _who(self) -> str:
         return f"{self.principal.user}/{self.principal.device}" if self.principal else "unauthenticated"
@@ -390,8 +356,7 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
             self._auth_timer.cancel()
         if self._draining is not None:
             self._draining.cancel()
-        if self._rechecking is not None:
-            self._rechecking.cancel()
+        self._notifies.close()
         if self.principal is not None:
             self.service.disconnect(self.principal, self)
 
