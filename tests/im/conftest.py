@@ -11,6 +11,7 @@ from im.delivery.cache import InboxCache
 from im.delivery.inboxes import Inboxes
 from im.delivery.shared_writer import SharedWriter
 from im.delivery.sole_writer import SoleWriter
+from im.models import Draft, direct_conversation_id
 from im.storage.embedded import EmbeddedMongo
 from im.storage.store import Store
 
@@ -32,3 +33,9 @@ def make_inboxes(store: Store, *, sole_writer: bool = False, cache: InboxCache |
     seqs = SoleWriter(store, head_save_secs=head_save_secs) if sole_writer else SharedWriter(store)
     return Inboxes(store, seqs, device_idle_secs=device_idle_secs, max_devices_per_user=3, cache=cache,
                    **options)
+
+
+def draft(sender: str, to: str, cmid: str, body: Any = "hi") -> Draft:
+    """A one-to-one text draft from ``sender`` to ``to`` (both get an entry)."""
+    return Draft(sender=sender, to=to, conv=direct_conversation_id(sender, to), kind="text", body=body,
+                 client_msg_id=cmid, recipients=(to, sender))

@@ -10,10 +10,9 @@ import pytest
 from im.delivery.acks import CursorState, trim_floor
 from im.delivery.inboxes import Inboxes
 from im.errors import InvalidInput
-from im.models import Draft, direct_conversation_id
 from im.storage.store import Store
-from tests.helpers import untrimmed_seqs
-from tests.im.conftest import make_inboxes
+from tests.helpers import eventually, untrimmed_seqs
+from tests.im.conftest import draft, make_inboxes
 
 DAY_SECS = 24 * 3600
 
@@ -21,11 +20,6 @@ DAY_SECS = 24 * 3600
 @pytest.fixture
 def inbox(store: Store) -> Inboxes:
     return make_inboxes(store)
-
-
-def draft(sender: str, to: str, cmid: str, body: str = "hi") -> Draft:
-    return Draft(sender=sender, to=to, conv=direct_conversation_id(sender, to), kind="text", body=body,
-                 client_msg_id=cmid, recipients=(to, sender))
 
 
 def test_trim_floor_ignores_idle_devices() -> None:
@@ -234,10 +228,8 @@ async def test_acks_inside_the_trim_interval_are_written_with_the_next_trim(stor
     held = await inbox.ack("b", "phone", upto=5)
     assert (held.cursor, held.trimmed) == (5, 2)
     assert await stored_cursor(store, "b", "phone") == 2  # not written yet
-    for _ in range(60):
-        if await untrimmed_seqs(store, "b") == [6, 7, 8]:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: untrimmed_seqs(store, "b"), until=lambda seqs: seqs == [6, 7, 8], timeout_secs=3,
+                     what="the held ack's trim")
     assert await untrimmed_seqs(store, "b") == [6, 7, 8]  # the held ack, written as the floor
     # The phone is b's only device and its cursor is recent: the floor holds its progress.
     assert await stored_cursor(store, "b", "phone") == 2

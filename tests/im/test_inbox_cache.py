@@ -4,24 +4,18 @@ no store read on a single node, and stay correct when another writer (a cluster 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
 from im.delivery.cache import InboxCache
 from im.delivery.inboxes import Inboxes
 from im.errors import InvalidInput
-from im.models import Draft, PullResult, direct_conversation_id
+from im.models import PullResult
 from im.storage.store import Store
-from tests.helpers import untrimmed_seqs
-from tests.im.conftest import make_inboxes
+from tests.helpers import eventually, untrimmed_seqs
+from tests.im.conftest import draft, make_inboxes
 
 DAY_SECS = 24 * 3600
-
-
-def draft(sender: str, to: str, cmid: str, body: Any = "hi") -> Draft:
-    return Draft(sender=sender, to=to, conv=direct_conversation_id(sender, to), kind="text", body=body,
-                 client_msg_id=cmid, recipients=(to, sender))
 
 
 def cached_inbox(store: Store, *, authoritative: bool = True) -> Inboxes:
@@ -153,10 +147,8 @@ async def test_a_single_writer_archives_without_counter_steps_and_saves_heads_la
     after = await store.db.command("serverStatus")
     assert after["opcounters"]["update"] == counted["opcounters"]["update"]  # no counter step
     assert await untrimmed_seqs(store, "b") == [1, 2, 3, 4]
-    for _ in range(40):
-        if (await store.counters.find_one({"_id": "b"}) or {}).get("seq") == 4:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: store.counters.find_one({"_id": "b"}), until=lambda doc: (doc or {}).get("seq") == 4,
+                     timeout_secs=2, what="the saved head")
     assert (await store.counters.find_one({"_id": "b"}) or {}).get("seq") == 4
 
 
