@@ -17,12 +17,11 @@ from pymongo import UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 
 from im.delivery.batching import NaturalBatcher
-from im.delivery.cache import InboxCache
-from im.delivery.seqs import SeqAllocator
+from im.delivery.parts import InboxParts
 from im.delivery.trims import Ack, TrimSchedule
 from im.errors import ImError, InvalidInput, StoreUnavailable
 from im.models import AckResult
-from im.storage.store import Store, inbox_range, store_errors, utcnow
+from im.storage.store import inbox_range, store_errors, utcnow
 
 __all__ = ["AckWriter", "CursorState", "TrimHook", "TrimmedEntry", "trim_floor"]
 
@@ -87,12 +86,11 @@ class _AckPlan:
 
 
 class AckWriter:
-    def __init__(self, store: Store, seqs: SeqAllocator, *, cache: InboxCache | None,
-                 device_idle_secs: float, max_devices_per_user: int, linger_secs: float,
-                 trim_interval_secs: float) -> None:
-        self._store = store
-        self._seqs = seqs
-        self._cache = cache
+    def __init__(self, parts: InboxParts, *, device_idle_secs: float, max_devices_per_user: int,
+                 linger_secs: float, trim_interval_secs: float) -> None:
+        self._store = parts.store
+        self._seqs = parts.seqs
+        self._cache = parts.cache
         self._device_idle_secs = device_idle_secs
         self._max_devices = max_devices_per_user
         self._cursor_refresh = timedelta(seconds=min(CURSOR_REFRESH_SECS, device_idle_secs / 10))

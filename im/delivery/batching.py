@@ -78,7 +78,7 @@ class NaturalBatcher(Generic[Item, Result]):
         """Queue ``item`` now (items are written in the order they were queued); the future gets its
         outcome. Cancelling the future (or an await of it) does not cancel the write: the batch writes
         every item it took and only skips telling a future that is already done. No ``shield`` for
-        that reason: it cost every caller one more event-loop turn per outcome."""
+        that reason: it would cost every caller one more event-loop turn per outcome."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         if self._linger_secs > 0 and not self._flushers and not self._lingering:

@@ -16,6 +16,7 @@ from datetime import datetime
 from im.conversations.crypto import KeyRing
 from im.delivery.acks import AckWriter, TrimHook
 from im.delivery.cache import InboxCache
+from im.delivery.parts import InboxParts
 from im.delivery.reader import InboxReader
 from im.delivery.seqs import SeqAllocator
 from im.delivery.writer import InboxWriter
@@ -30,9 +31,10 @@ class Inboxes:
                  max_devices_per_user: int, cache: InboxCache | None = None, cipher: KeyRing | None = None,
                  ack_linger_secs: float = 0.0, trim_interval_secs: float = 0.0) -> None:
         self._seqs = seqs
-        self._writer = InboxWriter(store, seqs, cache=cache, cipher=cipher)
-        self._reader = InboxReader(store, seqs, cache=cache, cipher=cipher)
-        self._acks = AckWriter(store, seqs, cache=cache, device_idle_secs=device_idle_secs,
+        parts = InboxParts(store, seqs, cache, cipher)
+        self._writer = InboxWriter(parts)
+        self._reader = InboxReader(parts)
+        self._acks = AckWriter(parts, device_idle_secs=device_idle_secs,
                                max_devices_per_user=max_devices_per_user, linger_secs=ack_linger_secs,
                                trim_interval_secs=trim_interval_secs)
 

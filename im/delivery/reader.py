@@ -6,23 +6,20 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from im.conversations.crypto import KeyRing
 from im.delivery.archive import entry_projection, entry_to_message
-from im.delivery.cache import InboxCache
-from im.delivery.seqs import SeqAllocator
+from im.delivery.parts import InboxParts
 from im.models import PullResult
-from im.storage.store import Store, inbox_range, store_errors
+from im.storage.store import inbox_range, store_errors
 
 __all__ = ["InboxReader"]
 
 
 class InboxReader:
-    def __init__(self, store: Store, seqs: SeqAllocator, *, cache: InboxCache | None,
-                 cipher: KeyRing | None) -> None:
-        self._store = store
-        self._seqs = seqs
-        self._cache = cache
-        self._cipher = cipher
+    def __init__(self, parts: InboxParts) -> None:
+        self._store = parts.store
+        self._seqs = parts.seqs
+        self._cache = parts.cache
+        self._cipher = parts.cipher
 
     async def head(self, user: str) -> int:
         return (await self._seqs.heads([user]))[user][0]

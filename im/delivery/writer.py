@@ -14,13 +14,11 @@ from typing import Any
 
 from bson import ObjectId
 
-from im.conversations.crypto import KeyRing
 from im.delivery.archive import Batch, WriteAgain, Written, receipt_from_archive, with_duplicate
-from im.delivery.cache import InboxCache
-from im.delivery.seqs import SeqAllocator
+from im.delivery.parts import InboxParts
 from im.errors import StoreUnavailable
 from im.models import Draft, Receipt
-from im.storage.store import Store, dedup_key, store_errors, utcnow
+from im.storage.store import dedup_key, store_errors, utcnow
 
 __all__ = ["InboxWriter"]
 
@@ -32,12 +30,11 @@ MAX_WRITE_ROUNDS = 3
 
 
 class InboxWriter:
-    def __init__(self, store: Store, seqs: SeqAllocator, *, cache: InboxCache | None,
-                 cipher: KeyRing | None) -> None:
-        self._store = store
-        self._seqs = seqs
-        self._cache = cache
-        self._cipher = cipher
+    def __init__(self, parts: InboxParts) -> None:
+        self._store = parts.store
+        self._seqs = parts.seqs
+        self._cache = parts.cache
+        self._cipher = parts.cipher
 
     async def append(self, drafts: Sequence[Draft]) -> list[Receipt]:
         """Durably store ``drafts`` (archived with one inbox key per recipient) and return their receipts.

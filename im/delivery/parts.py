@@ -1,0 +1,20 @@
+"""What every part of the inboxes works with, built once by ``Inboxes``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from im.conversations.crypto import KeyRing
+from im.delivery.cache import InboxCache
+from im.delivery.seqs import SeqAllocator
+from im.storage.store import Store
+
+__all__ = ["InboxParts"]
+
+
+@dataclass(frozen=True, slots=True)
+class InboxParts:
+    store: Store
+    seqs: SeqAllocator
+    cache: InboxCache | None  # None: every pull reads the store
+    cipher: KeyRing | None  # None: bodies are stored in clear
