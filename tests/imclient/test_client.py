@@ -232,7 +232,7 @@ async def test_backoff_starts_over_after_long_polls_worked_again(
         attempts.append(attempt)
         return 0.05
 
-    monkeypatch.setattr("imclient.client.backoff_delay", quick_backoff)
+    monkeypatch.setattr("imclient.connection.backoff_delay", quick_backoff)
     node: Node | None = await Node.start(settings)
     try:
         async with client(node.base_url, "bob", transport="longpoll", poll_timeout_secs=1) as bob:
