@@ -1,4 +1,5 @@
-"""Fixtures: a real redis-server per test and a factory of real node processes (``server.py``)."""
+"""Fixtures: a real Redis per test (one redis-server, or a 3-master Redis Cluster) and a factory of
+real node processes (``server.py``)."""
 
 from __future__ import annotations
 
@@ -9,22 +10,41 @@ from typing import Any
 import pytest
 
 from im.storage.embedded import EmbeddedMongo, free_port
-from tests.cluster.procs import NodeProcess, RedisServer, node_env
+from tests.cluster.procs import (
+    AnyRedisServer,
+    NodeProcess,
+    RedisClusterServers,
+    RedisServer,
+    cluster_ports,
+    node_env,
+)
 
 StartNodes = Callable[..., list[NodeProcess]]
+REDIS_KINDS = ("single", "cluster")
+CLUSTER_MASTERS = 3
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(free_port(), tmp_path / "redis").start()
+def redis_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AnyRedisServer]:
+    """One redis-server by default; ``@pytest.mark.parametrize("redis_server", ["single", "cluster"],
+    indirect=True)`` runs a test on each kind ("cluster": 3 masters, no replicas, on loopback)."""
+    kind = getattr(request, "param", "single")
+    server: AnyRedisServer
+    if kind == "single":
+        server = RedisServer(free_port(), tmp_path / "redis")
+    elif kind == "cluster":
+        server = RedisClusterServers(cluster_ports(CLUSTER_MASTERS), tmp_path / "redis-cluster")
+    else:
+        raise ValueError(f"redis_server: unknown kind {kind!r}, expected one of {REDIS_KINDS}")
     try:
+        server.start()
         yield server
     finally:
         server.stop()
 
 
 @pytest.fixture
-def start_nodes(mongo: EmbeddedMongo, db_name: str, redis_server: RedisServer, tmp_path: Path,
+def start_nodes(mongo: EmbeddedMongo, db_name: str, redis_server: AnyRedisServer, tmp_path: Path,
                 ) -> Iterator[StartNodes]:
     """``start_nodes(n, **settings)`` starts n nodes (node1..) on one database and Redis."""
     started: list[NodeProcess] = []
