@@ -36,7 +36,7 @@ from bench.stats import summarize
 from bench.targets import ImTarget, Target, make_target
 from im.ops import eventloop
 
-__all__ = ["Recorder", "main"]
+__all__ = ["Recorder", "close_all", "freeze_heap", "main", "open_all"]
 
 log = logging.getLogger("bench.loadgen")
 
@@ -375,7 +375,7 @@ async def _warm_up(
     return step
 
 
-def _freeze_heap() -> None:
+def freeze_heap() -> None:
     """Call once the clients are connected: what exists then lives until the end, so the collector
     stops scanning it. Measured at 1,000 msg/s: full collections of the generator's heap took up to
     118 ms, a stall of every client that the report would count as the server's latency."""
@@ -402,7 +402,7 @@ async def chat(spec: dict[str, Any], http: tornado.httpclient.AsyncHTTPClient) -
     connect_started = time.monotonic()
     errors = await open_all(targets)
     connect_secs = time.monotonic() - connect_started
-    _freeze_heap()
+    freeze_heap()
     senders: list[tuple[Target, Callable[[Target, str], Any]]] = []
     for first, second in zip(targets[::2], targets[1::2], strict=True):
         senders.append((first, lambda t, b, to=second.user: _send_direct(t, to, b)))
@@ -470,7 +470,7 @@ async def group(spec: dict[str, Any], http: tornado.httpclient.AsyncHTTPClient) 
     name, mode = spec["group"], spec.get("mode", "group")
     for target in targets:
         await target.join(name)
-    _freeze_heap()
+    freeze_heap()
     members = [t.user for t in targets]
 
     async def send_group(target: Target, body: str) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.cluster import JOBS as CLUSTER_JOBS
 from bench.profile import LOOP_FRAMES
 from bench.stats import ratio
 
@@ -19,6 +20,10 @@ DURABLE_RATIO_TARGET = 1.0
 P99_TARGET_MS = 20.0
 P99_TARGET_RATE = 1000.0
 RSS_PER_CONN_TARGET_KB = 25.0
+# Cross-node delivery (bench/cluster.py): the 2-node cluster against one node, same job, same run.
+CLUSTER_RATE_TARGET = 0.8  # 2-node delivered msg/s >= this x one node's
+CLUSTER_P99_TARGET = 2.0  # 2-node end-to-end p99 <= this x one node's
+RECEIVERS = (("ws", "WebSocket"), ("longpoll", "long-poll"))
 OP_KINDS = ("insert", "query", "update", "delete", "command")
 # The profile of the server before the performance work (``--profile-label before`` wrote it).
 STORED_BEFORE_PROFILE = Path(__file__).resolve().parent / "results" / "profile-before.json"
@@ -86,7 +91,37 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         "fds_back": bool(idle) and idle.get("after_pool", {}).get("fds", math.inf) <= idle["before"]["fds"],
         "tornado_best": best_delivered(_steps(results, "tornado")),
         "sio_best": best_delivered(_steps(results, "sio")),
+        **cluster_headline(results),
     }
+
+
+def _cluster_job(results: dict[str, Any], nodes: int, kind: str, transport: str = "ws") -> dict[str, Any]:
+    """The results of the scale-out job with these traits ({} when it did not run or failed)."""
+    jobs = results.get("cluster", {}).get("jobs", {})
+    for job in CLUSTER_JOBS:
+        if job.nodes == nodes and job.kind == kind and (kind == "group" or job.transport == transport):
+            found = jobs.get(job.key, {})
+            return found if "delivered" in found else {}
+    return {}
+
+
+def cluster_headline(results: dict[str, Any]) -> dict[str, Any]:
+    """2-node against 1-node figures of the scale-out part, per receiver transport."""
+    figures: dict[str, Any] = {}
+    for transport, _ in RECEIVERS:
+        one, two = _cluster_job(results, 1, "pairs", transport), _cluster_job(results, 2, "pairs", transport)
+        figures[f"cluster_rate_ratio_{transport}"] = ratio(
+            two.get("delivered_per_sec", math.nan), one.get("delivered_per_sec", math.nan)
+        )
+        figures[f"cluster_p99_ratio_{transport}"] = ratio(
+            two.get("latency", {}).get("p99_ms", math.nan), one.get("latency", {}).get("p99_ms", math.nan)
+        )
+    group = _cluster_job(results, 2, "group")
+    figures["cluster_group_503"] = group["non_2xx"].get("503", 0) if group else math.nan
+    measured = [j for j in results.get("cluster", {}).get("jobs", {}).values() if "delivered" in j]
+    for what in ("lost", "duplicated", "reordered"):
+        figures[f"cluster_{what}"] = sum(j[what] for j in measured) if measured else math.nan
+    return figures
 
 
 def write(results: dict[str, Any], out: Path, *, profile_label: str = "") -> Path:
@@ -204,6 +239,8 @@ def _markdown(results: dict[str, Any], plots: list[str], before: dict[str, Any] 
             ),
         ],
     )
+    if "cluster" in results:
+        md = md[:-1] + _cluster_summary_rows(h) + [""]
     failures = results.get("failures", {})
     if failures:
         md += [
@@ -221,6 +258,7 @@ def _markdown(results: dict[str, Any], plots: list[str], before: dict[str, Any] 
     md += _group_section(results)
     md += _idle_section(results)
     md += _storm_section(results)
+    md += _scaleout_section(results)
     md += _profile_section(results.get("profile", {}), before)
     md += _durations_section(results)
     md += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
@@ -675,6 +713,273 @@ def _storm_section(results: dict[str, Any]) -> list[str]:
     )
 
 
+
+def _cluster_summary_rows(h: dict[str, Any]) -> list[str]:
+    """The scale-out part's rows of the summary table (rows only: they continue that table)."""
+    rows: list[tuple[Any, ...]] = []
+    for transport, label in RECEIVERS:
+        rate, p99 = h[f"cluster_rate_ratio_{transport}"], h[f"cluster_p99_ratio_{transport}"]
+        rows += [
+            (
+                f"2-node / 1-node delivered msg/s, {label} receivers",
+                _times(rate),
+                f">= {CLUSTER_RATE_TARGET:g}x",
+                _yes(rate >= CLUSTER_RATE_TARGET),
+            ),
+            (
+                f"2-node / 1-node e2e p99, {label} receivers",
+                _times(p99),
+                f"<= {CLUSTER_P99_TARGET:g}x",
+                _yes(p99 <= CLUSTER_P99_TARGET),
+            ),
+        ]
+    refused = h["cluster_group_503"]
+    rows.append(("2-node group: sends refused (503)", refused, "0", _yes(refused == 0)))
+    counts = [h["cluster_lost"], h["cluster_duplicated"], h["cluster_reordered"]]
+    rows.append((
+        "cluster jobs: lost / duplicated / reordered",
+        " / ".join(_fmt(c) for c in counts),
+        "0",
+        _yes(all(c == 0 for c in counts)),
+    ))
+    return _table(("", "", "", ""), rows)[2:-1]
+
+
+def _not_receipts(job: dict[str, Any]) -> str:
+    """Answers to sends that were not receipts, by HTTP status ("no answer": refused, reset or timed
+    out), e.g. ``503: 4``; "none"."""
+    found = job.get("non_2xx", {})
+    return ", ".join(f"{k}: {v:,}" for k, v in sorted(found.items())) if found else "none"
+
+
+def _cpu_cell(job: dict[str, Any]) -> str:
+    return ", ".join(f"{name} {secs:.2f}" for name, secs in sorted(job.get("cpu_secs", {}).items()))
+
+
+def _node_cpu_ms(job: dict[str, Any]) -> float:
+    """Server CPU (every node's) per delivered message, ms."""
+    secs = sum(v for k, v in job.get("cpu_secs", {}).items() if k.startswith("node"))
+    return secs * 1000 / job["delivered"] if job.get("delivered") else math.nan
+
+
+def _scaleout_section(results: dict[str, Any]) -> list[str]:
+    part = results.get("cluster")
+    if not part:
+        return []
+    jobs = part.get("jobs", {})
+    sizes = part.get("sizes", {})
+    md = [
+        "## Scale-out: one node and two",
+        "",
+        f"{sizes.get('pairs', '?')} pairs: each sender POSTs {sizes.get('messages', '?')} one-to-one "
+        "messages over REST (`POST /api/v1/messages`, one kept-alive connection per sender), the next as "
+        "soon as the previous one's receipt came back (closed loop); each receiver is an SDK client online "
+        "over WebSocket or long-poll (notify -> pull -> ack); rate limits off. First on one node "
+        "(`python server.py`, as `make run`), then on a local 2-node cluster (two `server.py` with "
+        "`IM_REDIS_URL` on one `redis-server` and the run's store, as `scripts/cluster.py start --nodes 2` "
+        "without nginx) with the senders on node 1 and the receivers on node 2, so every message crosses "
+        "nodes. Every job has fresh accounts and a warm-up round (one message per sender) before it is "
+        "measured. `delivered msg/s`: messages received / the time from the first send to the last "
+        "receipt or delivery, whichever came later; `receipt`: POST -> receipt, retries included; "
+        "`e2e`: the send time written in the body -> the message in the receiver's callback. `lost`: "
+        "acknowledged sends that never arrived; `duplicated`: arrived twice (the SDK already drops "
+        "entries it has by seq, so these would be two entries of one message); `reordered`: arrived after "
+        "a later message of the same sender (a sender's next send waits for the previous receipt, so the "
+        "order is defined). An answer that is not a receipt is counted by status and the same "
+        "`client_msg_id` is sent again. CPU: seconds of each process over the measured round (after "
+        "the warm-up); nodes' CPU per message is every node's CPU over the messages delivered.",
+        "",
+        "Every process runs on this one machine: the second node adds no core, so these figures are the "
+        "cost of going across nodes (a Redis publish and the notify on the other node, two processes "
+        "sharing the cores and the store), not added capacity.",
+        "",
+    ]
+    rows = []
+    for job in CLUSTER_JOBS:
+        found = jobs.get(job.key, {})
+        if job.kind != "pairs" or "delivered" not in found:
+            continue
+        rows.append((
+            job.label,
+            found["acked"],
+            found["delivered_per_sec"],
+            found["receipt"]["p50_ms"],
+            found["receipt"]["p99_ms"],
+            found["latency"]["p50_ms"],
+            found["latency"]["p99_ms"],
+            found["latency"]["max_ms"],
+            found["lost"],
+            found["duplicated"],
+            found["reordered"],
+            _not_receipts(found),
+            _cpu_cell(found),
+            _node_cpu_ms(found),
+            f"{found.get('loadgen_cpu_share', math.nan):.0%}",
+        ))
+    if rows:
+        md += _table(
+            (
+                "job",
+                "sends acked",
+                "delivered msg/s",
+                "receipt p50 ms",
+                "receipt p99 ms",
+                "e2e p50 ms",
+                "e2e p99 ms",
+                "e2e max ms",
+                "lost",
+                "duplicated",
+                "reordered",
+                "not receipts",
+                "CPU s by process",
+                "nodes' CPU ms/msg",
+                "loadgen CPU",
+            ),
+            rows,
+        )
+    h = cluster_headline(results)
+    ratio_rows = []
+    for transport, label in RECEIVERS:
+        one, two = _cluster_job(results, 1, "pairs", transport), _cluster_job(results, 2, "pairs", transport)
+        if not one and not two:
+            continue
+        rate, p99 = h[f"cluster_rate_ratio_{transport}"], h[f"cluster_p99_ratio_{transport}"]
+        ratio_rows.append((
+            label,
+            one.get("delivered_per_sec", math.nan),
+            two.get("delivered_per_sec", math.nan),
+            _times(rate),
+            _yes(rate >= CLUSTER_RATE_TARGET),
+            one.get("latency", {}).get("p99_ms", math.nan),
+            two.get("latency", {}).get("p99_ms", math.nan),
+            _times(p99),
+            _yes(p99 <= CLUSTER_P99_TARGET),
+        ))
+    if ratio_rows:
+        md += [
+            f"Two nodes against one (targets: delivered msg/s >= {CLUSTER_RATE_TARGET:g}x, e2e p99 <= "
+            f"{CLUSTER_P99_TARGET:g}x the one node's):",
+            "",
+        ]
+        md += _table(
+            (
+                "receivers",
+                "1 node msg/s",
+                "2 nodes msg/s",
+                "2 / 1",
+                "met",
+                "1 node e2e p99 ms",
+                "2 nodes e2e p99 ms",
+                "2 / 1",
+                "met",
+            ),
+            ratio_rows,
+        )
+    group = _cluster_job(results, 2, "group")
+    if group:
+        refused = group["non_2xx"].get("503", 0)
+        others = {k: v for k, v in group["non_2xx"].items() if k != "503"}
+        md += [
+            f"### A group written from both nodes ({group['members']} members)",
+            "",
+            f"Half the members connected to each node (SDK, WebSocket); {group['senders']} members, half "
+            "on each node, POST to the group on their own node: one group inbox written from two nodes "
+            f"at {group['rate']:g} group messages/s in all for {sizes.get('group_secs', 0):g} s, each "
+            f"delivered to the {group['fanout']} other members ({group['rate'] * group['fanout']:,.0f} "
+            "deliveries/s offered). `refused (503)`: answers 503 to a send (each retried with its "
+            "`client_msg_id`; target: none).",
+            "",
+        ]
+        md += _table(
+            (
+                "group msgs acked",
+                "abandoned",
+                "deliveries/s",
+                "receipt p50 ms",
+                "receipt p99 ms",
+                "e2e p50 ms",
+                "e2e p99 ms",
+                "e2e max ms",
+                "lost",
+                "duplicated",
+                "reordered",
+                "refused (503)",
+                "other not receipts",
+                "CPU s by process",
+                "nodes' CPU ms/delivery",
+            ),
+            [(
+                group["acked"],
+                group["abandoned"],
+                group["delivered_per_sec"],
+                group["receipt"]["p50_ms"],
+                group["receipt"]["p99_ms"],
+                group["latency"]["p50_ms"],
+                group["latency"]["p99_ms"],
+                group["latency"]["max_ms"],
+                group["lost"],
+                group["duplicated"],
+                group["reordered"],
+                refused,
+                _not_receipts({"non_2xx": others}),
+                _cpu_cell(group),
+                _node_cpu_ms(group),
+            )],
+        )
+    md += _redis_table(jobs)
+    md += _cluster_notes(jobs)
+    return md
+
+
+def _redis_table(jobs: dict[str, Any]) -> list[str]:
+    """Redis commands per delivered message on two nodes: the cross-node traffic, by command."""
+    rows = []
+    for job in CLUSTER_JOBS:
+        found = jobs.get(job.key, {})
+        calls = found.get("redis_calls")
+        if job.nodes < 2 or "delivered" not in found or calls is None:
+            continue
+        per = max(1, found["delivered"])
+        top = ", ".join(f"{name} {count / per:.2f}" for name, count in list(calls.items())[:5])
+        rows.append((job.label, sum(calls.values()) / per, top or "none"))
+    if not rows:
+        return []
+    md = [
+        "Redis on two nodes (`INFO commandstats` before and after the measured round): commands per "
+        "delivered message, and the most frequent ones.",
+        "",
+    ]
+    return md + _table(("job", "Redis commands / msg", "most frequent (per msg)"), rows)
+
+
+def _cluster_notes(jobs: dict[str, Any]) -> list[str]:
+    """Jobs that failed, sends given up, reconnects, and what the nodes logged (warnings and errors)."""
+    notes = []
+    for job in CLUSTER_JOBS:
+        found = jobs.get(job.key)
+        if not found:
+            continue
+        if "error" in found:
+            lines = found["error"].strip().splitlines()
+            notes.append(f"- {job.label}: failed: `{lines[-1] if lines else ''}`")
+        elif found.get("abandoned") or found.get("reconnects") or found.get("connect_error_count"):
+            notes.append(
+                f"- {job.label}: {found.get('abandoned', 0)} sends given up, "
+                f"{found.get('connect_error_count', 0)} connect errors, {found.get('reconnects', 0)} SDK "
+                "reconnects."
+            )
+        for node, log in sorted(found.get("node_logs", {}).items()):
+            if log["warnings"] or log["errors"] or log["tracebacks"]:
+                samples = "; ".join(f"`{s[:200]}`" for s in log["samples"][:2])
+                notes.append(
+                    f"- {job.label}: {node} logged {log['warnings']} warnings, {log['errors']} errors, "
+                    f"{log['tracebacks']} tracebacks; first: {samples}"
+                )
+    if not notes:
+        return ["The nodes logged no warning or error during these jobs.", ""]
+    return ["What else happened (node logs are in the work directory, `--keep-work`):", "", *notes, ""]
+
+
 def _profile_rows(prof: dict[str, Any], key: str) -> list[tuple[str, float]]:
     rows = [(r["name"].replace("|", "/"), r["share"]) for r in prof.get(key, [])]
     if key == "inclusive":
@@ -790,6 +1095,9 @@ def _method(sizes: dict[str, Any]) -> list[str]:
         "secret, because every REST login costs a scrypt hash (~50 ms of CPU by design).",
         "- The abuse limits (per-address and per-user rates, connections per user) are off for the run: one "
         "address plays every user.",
+        "- Scale-out (`bench/cluster.py`, load from `bench/closedloop.py`): one node, then two nodes "
+        "sharing the run's store and a `redis-server` started for the part (no nginx: each client talks "
+        "to its node directly); closed-loop REST senders and SDK receivers in one load-generator process.",
         f"- Sizes: `{json.dumps(sizes)}`. Change any with its flag (`python -m bench.run --help`).",
         "",
     ]
@@ -842,7 +1150,8 @@ def _plots(results: dict[str, Any], out: Path) -> list[str]:
     if timeline:
         fig, (cpu, mem) = plt.subplots(2, 1, figsize=(10, 5), sharex=True)
         t = [row["t"] for row in timeline]
-        for name in ("server", "store"):
+        present = {key.rsplit("_", 1)[0] for row in timeline for key in row if key.endswith("_cpu")}
+        for name in [n for n in ("server", "store", "node1", "node2", "redis") if n in present]:
             cpu.plot(t, [row.get(f"{name}_cpu", math.nan) for row in timeline], label=f"{name} CPU (cores)")
             mem.plot(
                 t, [row.get(f"{name}_rss_kb", math.nan) / 1024 for row in timeline], label=f"{name} RSS MB"

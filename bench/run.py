@@ -6,7 +6,10 @@
 One fresh SecantusDB (the embedded store, ``im/storage/embedded.py``) serves the whole run: the raw insert
 baseline measures it, then the server under test (``python server.py``, its own process) uses it.
 The baselines' servers (bare Tornado, python-socketio) and the load generators are processes of their
-own; only one server is up at a time, so no measurement competes with another.
+own; only one server is up at a time, so no measurement competes with another, except in the last part
+(``bench/cluster.py``), which measures one node against a local 2-node cluster (two servers and a Redis).
+
+    .venv/bin/python -m bench.run --skip baselines,ours,profile,idle,storm   # the scale-out part only
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from bench import profile, report
+from bench import cluster, profile, report
 from bench.accounts import create_users, mint_tokens
 from bench.idle import measure_idle, server_metrics
 from bench.procs import (
@@ -83,6 +86,14 @@ class Sizes:
     profile_secs: float
     profile_rate: float
     settle_secs: float
+    # The scale-out part (bench/cluster.py): closed-loop 1:1 pairs, then a group on two nodes.
+    cluster_pairs: int
+    cluster_messages: int
+    cluster_group_size: int
+    cluster_group_senders: int
+    cluster_group_rate: float
+    cluster_group_secs: float
+    cluster_drain_secs: float
 
 
 FULL = Sizes(
@@ -105,6 +116,13 @@ FULL = Sizes(
     profile_secs=8,
     profile_rate=1000,
     settle_secs=2,
+    cluster_pairs=20,
+    cluster_messages=100,
+    cluster_group_size=200,
+    cluster_group_senders=10,
+    cluster_group_rate=5,
+    cluster_group_secs=20,
+    cluster_drain_secs=30,
 )
 QUICK = Sizes(
     chat_pairs=4,
@@ -126,6 +144,13 @@ QUICK = Sizes(
     profile_secs=1,
     profile_rate=20,
     settle_secs=0.3,
+    cluster_pairs=3,
+    cluster_messages=20,
+    cluster_group_size=6,
+    cluster_group_senders=2,
+    cluster_group_rate=4,
+    cluster_group_secs=1,
+    cluster_drain_secs=20,
 )
 
 
@@ -180,6 +205,10 @@ class Bench:
         }
         self.sampler = Sampler()
         self.secret = secrets.token_hex(32)
+        # Every server of the run, the cluster's nodes included, wraps the data keys of the shared
+        # database with this one master key (a node refuses to start on keys wrapped by another).
+        self.master_key = secrets.token_urlsafe(32)
+        self.db = BENCH_DB
         self.store: EmbeddedMongo | None = None
         self.progress: tqdm | None = None
         self.skip = {p.strip() for p in args.skip.split(",") if p.strip()}
@@ -230,7 +259,11 @@ class Bench:
         return run_json("bench.store_raw", {"url": self.store.url, "secs": secs, "drop": False},
                         timeout_secs=secs * 4 + 120, log_dir=self.logs, name=name)
 
-    def start_server(self, name: str, extra_env: dict[str, str] | None = None) -> tuple[Proc, str]:
+    def start_server(
+        self, name: str, extra_env: dict[str, str] | None = None, *, sample_as: str = "server"
+    ) -> tuple[Proc, str]:
+        """``python server.py`` on a free port with this run's store, secret and limits off; the CPU
+        sampler follows it as ``sample_as``."""
         assert self.store is not None
         port = free_port()
         env = {
@@ -240,6 +273,7 @@ class Bench:
             "IM_MONGO_DB": BENCH_DB,
             "IM_DATA_DIR": str(self.work / "server"),
             "IM_JWT_SECRET": self.secret,
+            "IM_MASTER_KEY": self.master_key,
             "IM_LOG_LEVEL": "WARNING",
             # One machine plays every user: the per-address and per-user abuse limits would measure
             # themselves, not the server.
@@ -256,7 +290,7 @@ class Bench:
         except Exception:
             proc.stop()
             raise RuntimeError(f"server did not start:\n{proc.log_tail()}") from None
-        self.sampler.pids["server"] = proc.pid
+        self.sampler.pids[sample_as] = proc.pid
         return proc, url
 
     def start_baseline(self, module: str) -> tuple[Proc, str]:
@@ -270,7 +304,7 @@ class Bench:
 
     def run(self) -> dict[str, Any]:
         s = self.sizes
-        parts = 13
+        parts = 13 + cluster.STEPS
         with (
             ExitStack() as stack,
             tqdm(total=parts, unit="step", dynamic_ncols=True, disable=self.args.no_progress) as progress,
@@ -353,6 +387,13 @@ class Bench:
                 self.done()
             finally:
                 proc.stop()
+
+            # One node, then a local 2-node cluster (a Redis and two servers on this store): the
+            # same closed-loop job, and a group written from both nodes.
+            if "cluster" not in self.skip:
+                self.part("cluster", lambda: cluster.measure(self))
+            else:
+                progress.update(cluster.STEPS)
             self._close_timer()
         self.results["timeline"] = self.sampler.samples
         self.results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -430,11 +471,11 @@ class Bench:
             return {"chat": chat}
         self.step(f"{target}: {s.group_size}-member group")
         if target == "im":
-            self._wait_drained(url)
+            self.wait_drained(url)
         mode = "group"
         group_name = "bench"
         if target == "im":
-            group_name, mode = self._make_group(url, group_clients)
+            group_name, mode = self.make_group(url, group_clients)
         group = self.loadgen(
             f"{target}-group",
             {
@@ -454,7 +495,7 @@ class Bench:
         )
         return {"chat": chat, "group": group}
 
-    def _wait_drained(self, url: str, timeout_secs: float = 60.0) -> None:
+    def wait_drained(self, url: str, timeout_secs: float = 60.0) -> None:
         """Let the server write what a saturated ladder step left queued, so that the next scenario
         measures itself, not the previous one's backlog (the server's own ``im_write_queue`` gauge)."""
         deadline = time.monotonic() + timeout_secs
@@ -465,7 +506,7 @@ class Bench:
             time.sleep(0.5)
         log.warning("the server still had writes queued after %.0f s; measuring anyway", timeout_secs)
 
-    def _make_group(self, url: str, members: list[dict[str, Any]]) -> tuple[str, str]:
+    def make_group(self, url: str, members: list[dict[str, Any]]) -> tuple[str, str]:
         """Create the group through the group API; ("", "direct") when the server has none."""
         body = {"name": "bench", "members": [m["user"] for m in members]}
         try:
@@ -613,7 +654,7 @@ def parse_args(argv: list[str] | None) -> tuple[Sizes, argparse.Namespace]:
         "--skip",
         default="",
         help="comma-separated parts to leave out: baselines, ours (its chat and group), group, "
-        "profile, idle, storm (the report then lacks their tables)",
+        "profile, idle, storm, cluster (the report then lacks their tables)",
     )
     parser.add_argument(
         "--profile-label", default="", help="also save the profile summary as profile-LABEL.json"

@@ -46,6 +46,8 @@ def test_quick_run_writes_the_report_with_every_table(tmp_path: Path) -> None:
         "## Idle connections on one server process",
         "## Reconnect storm",
         "## Where the server's time goes",
+        "## Scale-out: one node and two",
+        "### A group written from both nodes",
     ):
         assert heading in report, heading
     assert "## Parts that failed" not in report, report
@@ -69,3 +71,10 @@ def test_quick_run_writes_the_report_with_every_table(tmp_path: Path) -> None:
     storm_row = next(line for line in storm.splitlines() if line.startswith("| ") and line[2].isdigit())
     cells = [c.strip() for c in storm_row.strip("|").split("|")]
     assert cells[0] == cells[1], storm_row
+    # The scale-out jobs (one node, then two; WebSocket and long-poll receivers) each sent and delivered.
+    scaleout = report.split("## Scale-out: one node and two", 1)[1].split("Two nodes against one", 1)[0]
+    job_rows = [line for line in scaleout.splitlines() if line.startswith(("| one node", "| two nodes"))]
+    assert len(job_rows) == 4, scaleout
+    for row in job_rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert int(cells[1].replace(",", "")) > 0 and float(cells[2].replace(",", "")) > 0, row
