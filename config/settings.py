@@ -50,6 +50,7 @@ class Settings:
 
     # Redis (cluster mode)
     redis_url: str = _setting("", "Redis URL; empty runs single-node with the in-process bus")
+    redis_cluster: bool = _setting(False, "redis_url names one node of a Redis Cluster (finds the others)")
 
     # Cluster
     node_address: str = _setting("", "address that operators and other nodes see (default: host:port)")
@@ -92,7 +93,9 @@ class Settings:
     inbox_cache_entries: int = _setting(
         100_000, "newest inbox entries kept in memory to serve pulls without a store read (0: off)")
     head_save_secs: float = _setting(
-        5.0, "single node: inbox heads are saved to the counters this often (a crash leaves them behind)")
+        5.0, "inbox heads a node advanced are saved to the counters this often (a crash leaves them behind)")
+    head_trust_secs: float = _setting(
+        5.0, "cluster: pulls trust an inbox head learned from notifies this long after a store read")
 
     # Abuse limits (per node; 0 switches a rate off)
     rate_ip_per_sec: float = _setting(100.0, "sustained HTTP requests / WebSocket connects per address")
@@ -171,7 +174,7 @@ class Settings:
             "device_idle_secs", "max_devices_per_user", "commit_max_batch", "commit_max_in_flight",
             "max_body_bytes",
             "max_frame_bytes", "max_text_chars", "jwt_ttl_secs", "store_timeout_secs",
-            "ws_write_timeout_secs", "head_save_secs",
+            "ws_write_timeout_secs", "head_save_secs", "head_trust_secs",
         )
         for name in positive:
             if getattr(self, name) <= 0:

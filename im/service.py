@@ -81,9 +81,8 @@ class MessagingService:
         if self.webhooks is not None:
             await self.webhooks.start()
         await self.store.ensure_indexes()
-        await self.inboxes.start()
         await self._conversations.start()
-        await self._topology.start(kick_local=self._connections.kick_local)
+        await self._topology.start(kick_local=self._connections.kick_local, learn=self.inboxes.learn)
         await self._accounts.start()
 
     async def quiesce(self, grace_secs: float) -> None:

@@ -47,6 +47,11 @@ class _External:
 @pytest.fixture
 def db_name(request: pytest.FixtureRequest) -> str:
     """A database of its own for each test, so tests never see each other's data."""
+    return next_db_name()
+
+
+def next_db_name() -> str:
+    """A database name no other test of this run uses (for tests that need several)."""
     return f"t{os.getpid()}_{next(_db_numbers)}"
 
 

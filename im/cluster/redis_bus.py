@@ -1,18 +1,20 @@
 """Cluster bus over Redis pub/sub: each node subscribes to its own channel only.
 
-``publish`` delivers to this node's hub directly, then routes the heads to the *other* nodes that hold
-each user, in one round trip per batch: a Lua script reads the presence hashes (see
-:mod:`im.cluster.presence`) and publishes one message per target node. Nodes that hold none of the users
-receive nothing.
+``publish`` delivers to this node's hub directly, then routes the batch's news to the *other* nodes
+that hold each recipient: one pipelined read of the recipients' presence hashes (see
+``im/cluster/redis_presence.py``), then one message per target node with the heads, epochs and (bounded)
+entries of the users it holds (``im/cluster/news.py``). Nodes that hold none of the users receive
+nothing. No script: keys are read one by one, so presence spreads over a Redis Cluster's slots.
 
 A notify is a hint, so Redis trouble never reaches the sender: ``publish`` never raises, an outage is
 logged once (and its end once), and heads that could not be published are kept (merged by user, max
-seq) and sent again when Redis answers. The subscriber reconnects by itself; after every (re)subscribe
-it calls ``on_resubscribed`` (the topology rewrites presence, then pokes every local listener to
-re-check the store), because notifies sent while this node was not subscribed are lost.
+seq; entries are dropped, receivers read the store) and sent again when Redis answers. The subscriber
+reconnects by itself; after every (re)subscribe it calls ``on_resubscribed`` (the topology rewrites
+presence, then pokes every local listener to re-check the store), because notifies sent while this
+node was not subscribed are lost.
 
-Messages on a node channel are JSON: ``{"h": {user: seq}}`` (inbox heads) or
-``{"k": {"user", "before", "from"}}`` (kick that user's connections older than ``before``).
+Messages on a node channel are JSON: news (``{"h": ...}``, see ``news.py``) or ``{"k": {"user",
+"before", "from"}}`` (kick that user's connections older than ``before``).
 """
 
 from __future__ import annotations
@@ -22,24 +24,28 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from im.cluster.bus import DeliverFn
+from im.cluster.bus import DeliverFn, LearnFn
+from im.cluster.news import InboxNews, decode_news, encode_news
 from im.cluster.redis_keys import RedisKeys
 
-__all__ = ["RedisBus", "merge_heads", "retry_due"]
+__all__ = ["RedisBus", "retry_due"]
 
 log = logging.getLogger(__name__)
 
 KickFn = Callable[[str, float], None]
 ResubscribedFn = Callable[[], Awaitable[None]]
 
-# Users per script call: bounds the time one script holds Redis (a group-commit batch is <= 512 heads).
-SCRIPT_CHUNK_USERS = 1000
+# Presence hashes read per pipeline round trip (bounds one pipeline's memory).
+ROUTE_CHUNK_USERS = 1000
+# Entries carried to one node per batch, in bytes of JSON; beyond it that node's users get heads only.
+NEWS_ENTRY_BYTES = 64 * 1024
 # While Redis is down, publishes skip it and try again at most this often.
 PUBLISH_RETRY_SECS = 1.0
 # Heads kept for republishing during an outage; beyond it they are dropped (the resubscribe poke covers
@@ -53,47 +59,6 @@ LISTEN_POLL_SECS = 1.0
 # Node start waits this long for the first subscription; without Redis it starts anyway.
 START_WAIT_SECS = 5.0
 
-# KEYS: presence hashes; ARGV: channel prefix, own node id, then user, seq pairs (same order as KEYS).
-_NOTIFY_LUA = """
-local prefix, me = ARGV[1], ARGV[2]
-local per_node = {}
-for i, key in ipairs(KEYS) do
-  local nodes = redis.call('HKEYS', key)
-  for _, node in ipairs(nodes) do
-    if node ~= me then
-      local heads = per_node[node]
-      if not heads then heads = {}; per_node[node] = heads end
-      heads[ARGV[1 + 2 * i]] = ARGV[2 + 2 * i]
-    end
-  end
-end
-local sent = 0
-for node, heads in pairs(per_node) do
-  redis.call('PUBLISH', prefix .. node, cjson.encode({h = heads}))
-  sent = sent + 1
-end
-return sent
-"""
-
-# KEYS: one presence hash; ARGV: channel prefix, own node id, payload.
-_ROUTE_LUA = """
-local sent = 0
-for _, node in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if node ~= ARGV[2] then
-    redis.call('PUBLISH', ARGV[1] .. node, ARGV[3])
-    sent = sent + 1
-  end
-end
-return sent
-"""
-
-
-def merge_heads(into: dict[str, int], heads: Mapping[str, int]) -> None:
-    """Keep the highest seq per user: a notify for seq n covers every lower one."""
-    for user, seq in heads.items():
-        if seq > into.get(user, 0):
-            into[user] = seq
-
 
 def retry_due(*, now: float, last_attempt_at: float | None, retry_secs: float = PUBLISH_RETRY_SECS) -> bool:
     """While Redis is down, whether this publish should try it again."""
@@ -102,7 +67,7 @@ def retry_due(*, now: float, last_attempt_at: float | None, retry_secs: float = 
 
 class RedisBus:
     def __init__(
-        self, redis: Redis, *, node_id: str, keys: RedisKeys,
+        self, redis: Redis | RedisCluster, *, node_id: str, keys: RedisKeys,
         on_resubscribed: ResubscribedFn | None = None, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.node_id = node_id
@@ -111,20 +76,20 @@ class RedisBus:
         self._keys = keys
         self._on_resubscribed = on_resubscribed
         self._clock = clock
-        self._notify = redis.register_script(_NOTIFY_LUA)
-        self._route = redis.register_script(_ROUTE_LUA)
         self._deliver: DeliverFn | None = None
+        self._learn: LearnFn | None = None
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
-        self._backlog: dict[str, int] = {}
+        self._backlog = InboxNews()
         self._down_since: float | None = None
         self._last_attempt_at: float | None = None
         self._publish_lock = asyncio.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
-    async def start(self, deliver: DeliverFn) -> None:
+    async def start(self, deliver: DeliverFn, learn: LearnFn | None = None) -> None:
         self._deliver = deliver
+        self._learn = learn
         self._listener = asyncio.create_task(self._listen(), name=f"bus-{self.node_id}")
         try:
             await asyncio.wait_for(self._subscribed.wait(), START_WAIT_SECS)
@@ -133,6 +98,7 @@ class RedisBus:
 
     async def close(self) -> None:
         self._deliver = None
+        self._learn = None
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -141,34 +107,34 @@ class RedisBus:
 
     # -- publishing -----------------------------------------------------------------------------------
 
-    async def publish(self, heads: Mapping[str, int]) -> None:
+    async def publish(self, news: InboxNews) -> None:
         deliver = self._deliver
         if deliver is not None:
-            for user, seq in heads.items():
+            for user, seq in news.heads.items():
                 deliver(user, seq)  # this node's own listeners need no Redis
-        merge_heads(self._backlog, heads)
         if self._down_since is not None and not retry_due(now=self._clock(),
                                                           last_attempt_at=self._last_attempt_at):
+            self._backlog.merge_heads(news)
             self._trim_backlog()
             return
-        await self._flush_backlog()
+        await self._flush(news)
 
-    async def _flush_backlog(self) -> None:
+    async def _flush(self, news: InboxNews | None = None) -> None:
         async with self._publish_lock:
-            if not self._backlog:
+            pending, self._backlog = self._backlog, InboxNews()
+            if news is not None:
+                if pending.heads:
+                    news.merge_heads(pending)
+                pending = news
+            if not pending.heads:
                 return
-            pending, self._backlog = self._backlog, {}
             self._last_attempt_at = self._clock()
             try:
-                users = list(pending)
-                for start in range(0, len(users), SCRIPT_CHUNK_USERS):
-                    chunk = users[start:start + SCRIPT_CHUNK_USERS]
-                    args: list[str] = [self._keys.channel_prefix, self.node_id]
-                    for user in chunk:
-                        args += (user, str(pending[user]))
-                    await self._notify(keys=[self._keys.presence(u) for u in chunk], args=args)
+                for node, users in (await self._holders(list(pending.heads))).items():
+                    await self._redis.publish(self._keys.channel(node),
+                                              encode_news(pending, users, max_entry_bytes=NEWS_ENTRY_BYTES))
             except (RedisError, OSError) as exc:
-                merge_heads(self._backlog, pending)
+                self._backlog.merge_heads(pending)
                 self._trim_backlog()
                 self._went_down(exc)
                 return
@@ -177,20 +143,36 @@ class RedisBus:
                 return
             self._came_back()
 
+    async def _holders(self, users: list[str]) -> dict[str, list[str]]:
+        """The other nodes holding each of ``users``: node -> its users (presence, one round trip per
+        chunk)."""
+        per_node: dict[str, list[str]] = {}
+        for start in range(0, len(users), ROUTE_CHUNK_USERS):
+            chunk = users[start:start + ROUTE_CHUNK_USERS]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for user in chunk:
+                    pipe.hkeys(self._keys.presence(user))
+                holders = await pipe.execute()
+            for user, nodes in zip(chunk, holders, strict=True):
+                for node in _texts(nodes):
+                    if node != self.node_id:
+                        per_node.setdefault(node, []).append(user)
+        return per_node
+
     async def publish_kick(self, user: str, before: float) -> None:
         """Ask the other nodes holding ``user`` to kick its connections opened before ``before``."""
         payload = json.dumps({"k": {"user": user, "before": before, "from": self.node_id}})
         try:
-            await self._route(keys=[self._keys.presence(user)],
-                              args=[self._keys.channel_prefix, self.node_id, payload])
+            for node in await self._holders([user]):
+                await self._redis.publish(self._keys.channel(node), payload)
         except (RedisError, OSError) as exc:
             self._went_down(exc)
 
     def _trim_backlog(self) -> None:
-        if len(self._backlog) > MAX_BACKLOG_USERS:
+        if len(self._backlog.heads) > MAX_BACKLOG_USERS:
             log.warning("bus: dropping %d unpublished notifies (Redis down too long); listeners re-check "
-                        "on resubscribe and long-poll timeout", len(self._backlog))
-            self._backlog.clear()
+                        "on resubscribe and long-poll timeout", len(self._backlog.heads))
+            self._backlog = InboxNews()
 
     def _went_down(self, exc: BaseException) -> None:
         if self._down_since is None:
@@ -243,17 +225,19 @@ class RedisBus:
         """Notifies may have been lost while unsubscribed: restore presence, resend held heads, poke."""
         if self._on_resubscribed is not None:
             await self._on_resubscribed()
-        await self._flush_backlog()
+        await self._flush()
 
     def _dispatch(self, data: Any) -> None:
         try:
             message = json.loads(data)
-            heads = message.get("h")
-            if isinstance(heads, dict):
+            if isinstance(message.get("h"), dict):
+                news = decode_news(message)
+                if self._learn is not None:
+                    self._learn(news)  # before the hub wakes listeners: their pull finds the entries
                 deliver = self._deliver
                 if deliver is not None:
-                    for user, seq in heads.items():
-                        deliver(str(user), int(seq))
+                    for user, seq in news.heads.items():
+                        deliver(user, seq)
                 return
             kick = message.get("k")
             if isinstance(kick, dict):
@@ -263,3 +247,7 @@ class RedisBus:
             log.warning("bus: unknown message on the node channel: %.200r", data)
         except (ValueError, TypeError, KeyError, AttributeError):
             log.warning("bus: malformed message on the node channel: %.200r", data)
+
+
+def _texts(values: Iterable[bytes | str]) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else v for v in values]

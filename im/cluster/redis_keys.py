@@ -1,4 +1,10 @@
-"""Names of every Redis key and channel of one cluster."""
+"""Names of every Redis key and channel of one cluster.
+
+On a Redis Cluster, keys that one command or pipeline step reads together must live in one hash slot:
+the node registry (each node's record, the set of nodes, each node's user set) is read with MGET and
+written together, so its keys share the hash tag ``{nodes}``. A user's presence hash is read alone, so
+presence spreads over every slot.
+"""
 
 from __future__ import annotations
 
@@ -14,17 +20,21 @@ class RedisKeys:
     prefix: str = "im:"
 
     def node(self, node_id: str) -> str:
-        return f"{self.prefix}node:{node_id}"
+        return f"{self.prefix}{{nodes}}:node:{node_id}"
 
     @property
     def nodes(self) -> str:
-        return f"{self.prefix}nodes"
+        return f"{self.prefix}{{nodes}}:all"
 
     def node_users(self, node_id: str) -> str:
-        return f"{self.prefix}node:{node_id}:users"
+        return f"{self.prefix}{{nodes}}:node:{node_id}:users"
 
     def presence(self, user: str) -> str:
         return f"{self.prefix}presence:{user}"
+
+    def lease(self, user: str) -> str:
+        """Which node may write ``user``'s inbox next (see ``im/delivery/leases.py``)."""
+        return f"{self.prefix}lease:{user}"
 
     @property
     def channel_prefix(self) -> str:

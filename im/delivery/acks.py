@@ -145,6 +145,11 @@ class AckWriter:
     async def _write_batch(self, acks: list[Ack]) -> list[AckResult | ImError]:
         users = list(dict.fromkeys(a.user for a in acks if a.device is not None))
         heads = {user: head for user, (head, _) in (await self._seqs.heads(users)).items()}
+        # An ack beyond the head known here may follow another node's write: the store decides.
+        beyond = sorted({a.user for a in acks if a.device is not None and a.upto > heads.get(a.user, 0)})
+        if beyond:
+            fresh = await self._seqs.heads(beyond, fresh=True)
+            heads.update({user: head for user, (head, _) in fresh.items()})
         outcomes: list[AckResult | ImError | None] = [None] * len(acks)
         # One cursor write per device: several acks of one device in a batch collapse to the highest.
         latest: dict[tuple[str, str], Ack] = {}

@@ -75,12 +75,14 @@ class Written:
 
 
 class WriteAgain(Exception):
-    """Part of a batch (``written``) was stored; the rest is checked and written again (``reason``)."""
+    """Part of a batch (``written``) was stored; the rest is checked and written again (``reason``).
+    ``contended``: another writer took seqs first, and may well do so again."""
 
-    def __init__(self, written: Written, reason: str) -> None:
+    def __init__(self, written: Written, reason: str, *, contended: bool = False) -> None:
         super().__init__(reason)
         self.written = written
         self.reason = reason
+        self.contended = contended
 
 
 @dataclass(slots=True)

@@ -1,14 +1,13 @@
 """Inbox counters: one document per inbox, ``{_id: user, seq, epoch}``.
 
-A counter is where a node that does not know an inbox's head starts looking for it. Cluster writers
-step it inside the transaction that archives their batch; a single node (the only writer) raises it
-after the fact. Either way it never moves down, and the archive's unique inbox keys stay the truth:
-``head_from_keys`` reads the keys above a counter that may be behind.
+A counter is where a node that does not know an inbox's head starts looking for it: every node raises
+the counters of the inboxes it wrote after the fact (``heads.py``), so a counter never moves down but
+may be behind. The archive's unique inbox keys stay the truth: ``head_from_keys`` reads the keys above
+a counter, and ``probe_heads`` looks up the keys just above heads known to be stale.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -18,19 +17,25 @@ from pymongo.errors import BulkWriteError
 from im.storage.store import (
     INBOX_KEY_FIELD,
     Store,
+    inbox_key,
     inbox_range,
     is_duplicate_key_only,
     new_epoch,
     store_errors,
 )
 
-__all__ = ["HEAD_PROBE_PAGE", "Head", "ensure_counters", "head_from_keys", "raise_counters",
-           "read_counters", "repair_counters"]
+__all__ = ["HEAD_PROBE_PAGE", "Head", "ensure_counters", "head_from_keys", "probe_heads", "raise_counters",
+           "read_counters"]
 
 log = logging.getLogger(__name__)
 
 # Keys read per page when looking for an inbox's head above its counter.
 HEAD_PROBE_PAGE = 1000
+# The inbox keys one probe looks at, in all (bounds the $in of a refresh of many inboxes).
+PROBE_KEYS = 2048
+# Keys looked at per inbox in one probe round at most.
+PROBE_WINDOW = 32
+
 
 # An inbox's head (its highest seq) and epoch.
 Head = tuple[int, str]
@@ -95,12 +100,22 @@ async def raise_counters(store: Store, heads: Mapping[str, int], what: str) -> N
             ordered=False)
 
 
-async def repair_counters(store: Store, users: Sequence[str]) -> None:
-    """Raise the counters of ``users`` that are behind the archive's keys up to the keys."""
-    async with store_errors("reading inbox counters"):
-        stored = {d["_id"]: d["seq"] async for d in store.counters.find({"_id": {"$in": list(users)}})}
-    found = await asyncio.gather(*(head_from_keys(store, user, stored.get(user, 0)) for user in users))
-    behind = {user: head for user, head in zip(users, found, strict=True) if head > stored.get(user, 0)}
-    if behind:
-        log.warning("inbox counters behind the archive for %d inbox(es); raising them", len(behind))
-        await raise_counters(store, behind, "repairing inbox counters")
+async def probe_heads(store: Store, heads: Mapping[str, int]) -> dict[str, int]:
+    """The heads of inboxes known to be at least ``heads``: the archive's keys just above each are looked
+    up together (one indexed ``$in`` per round, no range query), and an inbox has no holes, so the
+    highest key found is its head unless the whole window was taken (then the next round looks on)."""
+    found = dict(heads)
+    pending = dict(heads)
+    while pending:
+        window = max(1, min(PROBE_WINDOW, PROBE_KEYS // len(pending)))
+        keys = [inbox_key(user, head + i) for user, head in pending.items() for i in range(1, window + 1)]
+        async with store_errors("reading inbox keys"):
+            docs = await store.messages.find({INBOX_KEY_FIELD: {"$in": keys}},
+                                             {INBOX_KEY_FIELD: 1}).to_list(len(keys))
+        for doc in docs:
+            for key in doc[INBOX_KEY_FIELD]:
+                user, _, seq = key.rpartition("/")
+                if user in pending and int(seq) > found[user]:
+                    found[user] = int(seq)
+        pending = {user: found[user] for user, head in pending.items() if found[user] >= head + window}
+    return found

@@ -1,10 +1,10 @@
 """Every user's inbox, as one object: append, pull, acknowledge.
 
 How a seq is never allocated without its entry (no hole a puller could skip, no gap after a crash) is
-the allocator's promise (``seqs.py``); entries live in the archive (``archive.py``); pulls are served
-from the tail cache when it can prove it has the range (``cache.py``, ``reader.py``); acks move
-cursors and floors (``acks.py``, ``trims.py``). Every method is safe to call concurrently and, with
-the cluster's allocator, from several nodes.
+the allocator's promise (``seqs.py``, from the heads of ``heads.py``); entries live in the archive
+(``archive.py``); pulls are served from the tail cache when it can prove it has the range
+(``cache.py``, ``reader.py``); acks move cursors and floors (``acks.py``, ``trims.py``). Every method
+is safe to call concurrently and from several nodes.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import asyncio
 from collections.abc import Sequence
 from datetime import datetime
 
+from im.cluster.news import InboxNews
 from im.conversations.crypto import KeyRing
 from im.delivery.acks import AckWriter, TrimHook
 from im.delivery.cache import InboxCache
 from im.delivery.parts import InboxParts
 from im.delivery.reader import InboxReader
-from im.delivery.seqs import SeqAllocator
+from im.delivery.seqs import Seqs
 from im.delivery.writer import InboxWriter
 from im.models import AckResult, Draft, PullResult, Receipt
 from im.storage.store import Store
@@ -27,10 +28,11 @@ __all__ = ["Inboxes"]
 
 
 class Inboxes:
-    def __init__(self, store: Store, seqs: SeqAllocator, *, device_idle_secs: float,
+    def __init__(self, store: Store, seqs: Seqs, *, device_idle_secs: float,
                  max_devices_per_user: int, cache: InboxCache | None = None, cipher: KeyRing | None = None,
                  ack_linger_secs: float = 0.0, trim_interval_secs: float = 0.0) -> None:
         self._seqs = seqs
+        self._cache = cache
         parts = InboxParts(store, seqs, cache, cipher)
         self._writer = InboxWriter(parts)
         self._reader = InboxReader(parts)
@@ -42,9 +44,6 @@ class Inboxes:
         """Call ``hook`` with the entries of each batch of trims, before they are trimmed."""
         self._acks.on_trim = hook
 
-    async def start(self) -> None:
-        await self._seqs.start()
-
     async def close_acks(self) -> None:
         """Write every acknowledgement queued or held so far (shutdown, before the last sends)."""
         await self._acks.close()
@@ -53,8 +52,21 @@ class Inboxes:
         """After the last write: leave the counters as the next writer needs them."""
         await self._seqs.stop()
 
-    async def append(self, drafts: Sequence[Draft]) -> list[Receipt]:
-        return await self._writer.append(drafts)
+    async def append(self, drafts: Sequence[Draft], *, news: InboxNews | None = None) -> list[Receipt]:
+        """Store ``drafts`` and return their receipts; ``news`` collects what became durable (heads,
+        epochs, entries) for the notifies."""
+        return await self._writer.append(drafts, news=news)
+
+    def learn(self, news: InboxNews) -> None:
+        """Another node committed ``news``: its heads, and its entries for the tail cache."""
+        book = self._seqs.book
+        for user, head in news.heads.items():
+            book.learn(user, head, news.epochs.get(user))
+        if self._cache is not None:
+            for user, messages in news.entries.items():
+                epoch = news.epochs.get(user)
+                if epoch is not None and messages:
+                    self._cache.committed(user, epoch=epoch, messages=messages)
 
     async def pull(self, user: str, *, after: int, limit: int) -> PullResult:
         return await self._reader.pull(user, after=after, limit=limit)

@@ -33,6 +33,8 @@ class InboxReader:
         nothing, so a range read before a trim is still whole.
         """
         head, epoch = (await self._seqs.heads([user]))[user]
+        if after > head:  # the head known here may be behind another node's write: ask the store
+            head, epoch = (await self._seqs.heads([user], fresh=True))[user]
         if after == head:  # nothing new, and no gap: a floor is never above the head
             return PullResult(messages=[], next=after, head=head, epoch=epoch, more=False)
         cache = self._cache
@@ -62,14 +64,16 @@ class InboxReader:
         return PullResult(messages=messages, next=end, head=head, epoch=epoch, gap=gap, more=end < head)
 
     def pull_cached(self, user: str, *, after: int, limit: int) -> PullResult | None:
-        """What :meth:`pull` returns, when this node knows the head for sure (the only writer) and holds
-        every entry of the page in memory; else None (the store must answer)."""
+        """What :meth:`pull` returns, when this node trusts the head it knows and holds every entry of the
+        page in memory; else None (the store must answer)."""
         known = self._seqs.known(user)
         if known is None:
             return None
         head, epoch = known
         if after == head:
             return PullResult(messages=[], next=after, head=head, epoch=epoch, more=False)
+        if after > head:
+            return None  # another node's write this node has not heard of yet: the store answers
         return None if self._cache is None else self._cache.serve(
             user, after=after, limit=limit, head=head, epoch=epoch)
 

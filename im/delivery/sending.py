@@ -13,6 +13,7 @@ from typing import Any
 
 from im.accounts.tokens import Principal
 from im.cluster.bus import Bus
+from im.cluster.news import InboxNews
 from im.conversations.receipts import RECEIPT_KIND
 from im.conversations.service import Conversations, Target
 from im.delivery.batching import GroupCommitter
@@ -93,18 +94,13 @@ class Sender:
 
     async def _write_and_notify(self, drafts: Sequence[Draft]) -> list[Receipt]:
         self._metrics.commit_batch_messages.observe(len(drafts))
+        news = InboxNews()
         with self._metrics.commit_seconds.time():
-            receipts = await self._inboxes.append(drafts)
+            receipts = await self._inboxes.append(drafts, news=news)
         self._after_write(drafts, receipts)
         _tell_senders(drafts, receipts)
-        heads: dict[str, int] = {}
-        for receipt in receipts:
-            if receipt.duplicate:
-                continue
-            for user, seq in receipt.seqs.items():
-                heads[user] = max(heads.get(user, 0), seq)
-        if heads:
-            await self._bus.publish(heads)
+        if news.heads:
+            await self._bus.publish(news)
         return receipts
 
     def _after_write(self, drafts: Sequence[Draft], receipts: Sequence[Receipt]) -> None:

@@ -7,13 +7,16 @@ cache what became durable.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from bson import ObjectId
 
+from im.cluster.news import InboxNews
 from im.delivery.archive import Batch, WriteAgain, Written, receipt_from_archive, with_duplicate
 from im.delivery.parts import InboxParts
 from im.errors import StoreUnavailable
@@ -24,9 +27,20 @@ __all__ = ["InboxWriter"]
 
 log = logging.getLogger(__name__)
 
-# A duplicate client_msg_id racing in (or, for a single writer, a seq found taken) stops a batch; what
-# was not stored is re-checked and written again. More rounds than this means something else is wrong.
-MAX_WRITE_ROUNDS = 3
+# A duplicate client_msg_id racing in, or a seq another node took first, stops a batch; what was not
+# stored is re-checked and written again. A writer of a hot inbox may lose a few races in a row; more
+# rounds than this means something else is wrong.
+MAX_WRITE_ROUNDS = 10
+# After losing two races in a row (a lease should have given this node its turn: Redis may be down),
+# pauses grow from this, doubling, up to the cap, at random within each, so the writers' turns spread.
+CONTENTION_PAUSE_SECS = 0.002
+CONTENTION_PAUSE_MAX_SECS = 0.05
+
+
+def contention_pause(round_: int, fraction: float) -> float:
+    """The pause before writing again after the ``round_``-th lost race in a row (``fraction`` in
+    [0, 1), drawn at random)."""
+    return fraction * min(CONTENTION_PAUSE_MAX_SECS, CONTENTION_PAUSE_SECS * 2 ** (round_ - 1))
 
 
 class InboxWriter:
@@ -36,11 +50,12 @@ class InboxWriter:
         self._cache = parts.cache
         self._cipher = parts.cipher
 
-    async def append(self, drafts: Sequence[Draft]) -> list[Receipt]:
+    async def append(self, drafts: Sequence[Draft], *, news: InboxNews | None = None) -> list[Receipt]:
         """Durably store ``drafts`` (archived with one inbox key per recipient) and return their receipts.
 
         Receipts are in the order of ``drafts``. A draft whose (sender, client_msg_id) was stored before,
         or earlier in the same batch, gets the original receipt with ``duplicate=True`` and stores nothing.
+        ``news`` gets the heads, epochs and entries of what this call stored.
         """
         receipts: dict[tuple[str, str], Receipt] = {}
         for round_ in range(MAX_WRITE_ROUNDS):
@@ -56,12 +71,15 @@ class InboxWriter:
             if not fresh:
                 break
             try:
-                receipts.update(await self._write(list(fresh.values())))
+                receipts.update(await self._write(list(fresh.values()), news))
                 break
             except WriteAgain as again:
                 receipts.update(again.written.receipts)
                 log.info("a batch of %d was stored in part (%d): %s; writing the rest again",
                          len(fresh), len(again.written.receipts), again.reason)
+                if again.contended and round_ > 0:
+                    await asyncio.sleep(contention_pause(round_, random.random()))
+
         else:
             raise StoreUnavailable("the messages could not be stored (inbox seqs or client_msg_ids kept "
                                    "colliding with other writes); retry with the same client_msg_id")
@@ -83,7 +101,7 @@ class InboxWriter:
             docs = await self._store.messages.find({"dk": {"$in": keys}}).to_list(len(keys))
         return {(doc["from"], doc["cmid"]): receipt_from_archive(doc, duplicate=True) for doc in docs}
 
-    async def _write(self, drafts: list[Draft]) -> dict[tuple[str, str], Receipt]:
+    async def _write(self, drafts: list[Draft], news: InboxNews | None) -> dict[tuple[str, str], Receipt]:
         per_inbox = Counter(user for draft in drafts for user in draft.recipients)
         cipher = self._cipher
         # Sealed before the write (and outside any transaction): a conversation's first message creates
@@ -93,14 +111,15 @@ class InboxWriter:
         try:
             written = await self._seqs.write(batch, per_inbox)
         except WriteAgain as again:
-            self._remember(drafts, again.written)
+            self._remember(drafts, again.written, news)
             raise
-        self._remember(drafts, written)
+        self._remember(drafts, written, news)
         return written.receipts
 
-    def _remember(self, drafts: Sequence[Draft], written: Written) -> None:
-        """What became durable goes to the tail cache (bodies in clear) for the recipients' pulls."""
-        if self._cache is None or not written.receipts:
+    def _remember(self, drafts: Sequence[Draft], written: Written, news: InboxNews | None) -> None:
+        """What became durable goes to the tail cache (bodies in clear) for the recipients' pulls, and
+        to the news for the other nodes' notifies."""
+        if (self._cache is None and news is None) or not written.receipts:
             return
         per_user: dict[str, list[dict[str, Any]]] = {}
         for draft in drafts:
@@ -114,4 +133,8 @@ class InboxWriter:
                     "client_msg_id": draft.client_msg_id, "ts": receipt.ts,
                 })
         for user, messages in per_user.items():
-            self._cache.committed(user, epoch=written.epochs[user], messages=messages)
+            epoch = written.epochs[user]
+            if self._cache is not None:
+                self._cache.committed(user, epoch=epoch, messages=messages)
+            if news is not None:
+                news.add(user, epoch, messages)

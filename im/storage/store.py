@@ -177,7 +177,8 @@ class Store:
 
         Version 1 kept inbox entries in an ``inbox`` collection of their own; version 2 keeps them as
         keys in the archive, which already had each message's recipients and seqs (``rcpt``); version
-        3 drops the ``inbox`` collection, which nothing reads since version 2.
+        3 drops the ``inbox`` collection, which nothing reads since version 2, and the ``heads`` flag of
+        the meta collection (every node now reads heads past the counters).
         """
         meta = self.db[META_COLLECTION]
         doc = await meta.find_one({"_id": "schema"})
@@ -188,6 +189,7 @@ class Store:
             await self._give_inbox_keys()
         if version < 3:
             await self.db.drop_collection("inbox")
+            await meta.delete_one({"_id": "heads"})
         await meta.update_one({"_id": "schema"}, {"$set": {"version": SCHEMA_VERSION}}, upsert=True)
 
     async def _give_inbox_keys(self) -> None:

@@ -53,6 +53,8 @@ def start_nodes(mongo: EmbeddedMongo, db_name: str, redis_server: AnyRedisServer
         nodes = []
         for _ in range(count):
             node_id = f"node{len(started) + 1}"
+            if redis_server.kind == "cluster":
+                settings.setdefault("redis_cluster", "1")
             env = node_env(mongo_url=mongo.url, db_name=db_name, redis_url=redis_server.url,
                            data_dir=tmp_path / node_id, **settings)
             node = NodeProcess(node_id, free_port(), env, tmp_path / "logs")

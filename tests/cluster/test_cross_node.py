@@ -22,7 +22,8 @@ from tests.cluster.procs import RedisServer
 MESSAGES_EACH_WAY = 200
 
 
-@pytest.mark.parametrize("node_count", [2, 3])
+@pytest.mark.parametrize(("redis_server", "node_count"), [("single", 2), ("single", 3), ("cluster", 2)],
+                         indirect=["redis_server"])
 async def test_200_messages_each_way_arrive_once_in_order(start_nodes: StartNodes, node_count: int) -> None:
     nodes = start_nodes(node_count)
     one, two = nodes[0].client, nodes[1].client
@@ -41,6 +42,7 @@ async def test_200_messages_each_way_arrive_once_in_order(start_nodes: StartNode
     assert y_got == expected("x", MESSAGES_EACH_WAY)
 
 
+@pytest.mark.parametrize("redis_server", ["single", "cluster"], indirect=True)
 async def test_notify_wakes_a_long_poll_on_another_node(start_nodes: StartNodes) -> None:
     one, two = (n.client for n in start_nodes(2))
     x = await one.user("xavier")

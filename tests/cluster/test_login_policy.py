@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from tests.cluster.conftest import StartNodes
 
 
+@pytest.mark.parametrize("redis_server", ["single", "cluster"], indirect=True)
 async def test_single_policy_kicks_the_older_session_on_another_node(start_nodes: StartNodes) -> None:
     one, two = (n.client for n in start_nodes(2, login_policy="single"))
     old = await one.user("xavier", device="phone")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from tests.cluster.conftest import StartNodes
 from tests.helpers import Node, eventually
 
@@ -19,6 +21,7 @@ async def presence(node: Node, token: str, user: str) -> dict[str, Any]:
     return response.body
 
 
+@pytest.mark.parametrize("redis_server", ["single", "cluster"], indirect=True)
 async def test_presence_on_connect_disconnect_and_node_death(start_nodes: StartNodes) -> None:
     node1, node2 = start_nodes(2, **FAST)
     one, two = node1.client, node2.client
@@ -60,6 +63,7 @@ async def test_a_waiting_long_poll_counts_as_a_connection(start_nodes: StartNode
                      timeout_secs=WAIT_SECS, interval_secs=CHECK_EVERY_SECS)
 
 
+@pytest.mark.parametrize("redis_server", ["single", "cluster"], indirect=True)
 async def test_online_listing_pages_across_nodes(start_nodes: StartNodes) -> None:
     one, two = (n.client for n in start_nodes(2, **FAST))
     tokens = {}

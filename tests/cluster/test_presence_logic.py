@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from config import SettingsError, load_settings
+from im.cluster.news import merge_heads
 from im.cluster.presence import linger_over
-from im.cluster.redis_bus import merge_heads, retry_due
+from im.cluster.redis_bus import retry_due
 from im.cluster.redis_presence import (
     beat_due,
     decode_entry,

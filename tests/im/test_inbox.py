@@ -45,7 +45,7 @@ async def test_batch_allocates_consecutive_seqs_per_inbox(inbox: Inboxes, store:
 
 
 async def test_twenty_concurrent_senders_get_gapless_unique_seqs(inbox: Inboxes) -> None:
-    """Separate appends (not one batch) racing on one inbox: the transaction serialises the counter."""
+    """Separate appends (not one batch) racing on one inbox: the node numbers them in turn."""
     per_sender = 5
 
     async def sender(n: int) -> list[int]:
@@ -191,23 +191,24 @@ async def test_same_client_msg_id_racing_from_two_nodes_is_stored_once(store: St
     assert [m["seq"] for m in page.messages] == [1, 2, 3, 4, 5]
 
 
-async def test_a_batch_that_fails_inside_its_transaction_leaves_nothing_behind(
+async def test_a_batch_stopped_half_way_keeps_its_prefix_and_leaves_no_hole(
         inbox: Inboxes, store: Store) -> None:
-    """Shared writers (no cache): the batch's counter steps and archive documents are one transaction.
-    Here its insert fails half-way (the second draft's client_msg_id is stored already): nothing of the
-    attempt stays, so written again the new message takes the next seqs, with no hole."""
+    """The batch's ordered insert stops at its second draft (that client_msg_id is stored already):
+    the new message before it stays, the duplicate gets the original receipt, nothing else is
+    written, and the counters reach the heads once the node saves them."""
     await inbox.append([draft("a", "b", "1")])
     fresh, again = await inbox.append([draft("a", "b", "2"), draft("a", "b", "1")])
     assert again.duplicate and not fresh.duplicate
     assert fresh.seqs == {"b": 2, "a": 2}
+    await inbox.stop()
     assert {d["_id"]: d["seq"] async for d in store.counters.find({})} == {"a": 2, "b": 2}
     assert await store.messages.count_documents({}) == 2
     assert await untrimmed_seqs(store, "b") == [1, 2]
 
 
-async def test_counters_behind_the_archive_are_raised_by_the_next_shared_write(store: Store) -> None:
-    """Counters behind the archive's keys (a single node that stopped before saving its heads, then the
-    database used by a cluster): the shared writer finds the keys, raises the counters and goes on."""
+async def test_counters_behind_the_archive_are_read_past_and_raised_by_the_next_write(store: Store) -> None:
+    """Counters behind the archive's keys (a node that stopped before saving its heads): the next
+    writer finds the keys above them, goes on after them, and raises the counters when it saves."""
     first = make_inboxes(store)
     await first.append([draft("a", "b", str(i)) for i in range(3)])
     await store.counters.update_many({}, {"$set": {"seq": 0}})  # as if never saved
@@ -215,6 +216,7 @@ async def test_counters_behind_the_archive_are_raised_by_the_next_shared_write(s
     (receipt,) = await shared.append([draft("c", "b", "next")])
     assert receipt.seqs["b"] == 4
     assert await untrimmed_seqs(store, "b") == [1, 2, 3, 4]
+    await shared.stop()
     assert (await store.counters.find_one({"_id": "b"}) or {})["seq"] == 4
 
 

@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from im.cluster.news import InboxNews
 from im.delivery.cache import InboxCache
 from im.delivery.inboxes import Inboxes
 from im.errors import InvalidInput
@@ -181,22 +182,53 @@ async def test_a_single_writer_keeps_what_an_interrupted_insert_stored(store: St
     assert [m["client_msg_id"] for m in page.messages] == ["dup", "x", "y"]
 
 
-async def test_a_cluster_node_after_a_crashed_single_node_raises_the_counters_at_start(store: Store) -> None:
-    """A single node marks its counters as possibly behind while it runs and as saved when it stops; a
-    cluster node starting after a crash (no such stop) brings every counter up to the archive's keys,
-    so its pulls, which trust the counters, show every stored entry."""
+async def test_a_cluster_node_after_a_crashed_node_reads_past_the_counters_it_left_behind(store: Store) -> None:
+    """A node that crashed before saving its heads leaves counters behind the archive's keys: a cluster
+    node's pulls still show every stored entry (heads are read from the keys above the counters), its
+    writes go on after them, and a clean stop saves the heads to the counters."""
     alone = cached_inbox(store)
-    await alone.start()
     await alone.append([draft("a", "b", str(i)) for i in range(3)])
     await store.counters.update_many({}, {"$set": {"seq": 0}})  # crashed before saving its heads
     shared = cached_inbox(store, authoritative=False)
-    await shared.start()
     page = await shared.pull("b", after=0, limit=10)
     assert [m["seq"] for m in page.messages] == [1, 2, 3] and page.head == 3
 
-    again = cached_inbox(store)
-    await again.start()
-    await again.append([draft("a", "b", "3")])
+    again = cached_inbox(store, authoritative=False)
+    (receipt,) = await again.append([draft("a", "b", "3")])
+    assert receipt.seqs["b"] == 4
     await again.stop()
-    assert (await store.db["meta"].find_one({"_id": "heads"}) or {}).get("saved") is True
     assert (await store.counters.find_one({"_id": "b"}) or {}).get("seq") == 4
+
+
+async def test_a_pull_after_another_nodes_news_is_served_from_memory(store: Store) -> None:
+    """Cluster: the node holding the reader learns what another node committed (heads, epochs, entries)
+    from the notify's news, so the pull that follows reads nothing from the store, and returns exactly
+    what the store holds."""
+    writer = make_inboxes(store, cache=InboxCache(max_entries=1000))
+    reader = make_inboxes(store, cache=InboxCache(max_entries=1000), head_trust_secs=60)
+    await writer.append([draft("a", "b", "first")])
+    await reader.pull("b", after=0, limit=10)  # the reader's node confirms b's head in the store once
+    news = InboxNews()
+    await writer.append([draft("a", "b", f"m{i}", body={"n": i}) for i in range(5)], news=news)
+    reader.learn(news)
+
+    before = await store_reads(store)
+    page = reader.pull_cached("b", after=1, limit=10)
+    assert page is not None and await store_reads(store) == before
+    assert [m["body"] for m in page.messages] == [{"n": i} for i in range(5)] and page.head == 6
+    same_page(page, await make_inboxes(store).pull("b", after=1, limit=10))
+
+
+async def test_a_head_learned_from_news_is_confirmed_in_the_store_before_readers_trust_it(store: Store) -> None:
+    """A node that never read an inbox does not answer pulls from a head it only heard of, and an
+    `after` beyond the head it knows is checked in the store, never reported as a gap."""
+    writer = make_inboxes(store, cache=InboxCache(max_entries=1000))
+    reader = make_inboxes(store, cache=InboxCache(max_entries=1000), head_trust_secs=60)
+    news = InboxNews()
+    await writer.append([draft("a", "b", f"m{i}") for i in range(3)], news=news)
+    reader.learn(news)
+    assert reader.pull_cached("b", after=0, limit=10) is None  # heard of, never confirmed
+    assert [m["seq"] for m in (await reader.pull("b", after=0, limit=10)).messages] == [1, 2, 3]
+    await writer.append([draft("a", "b", "m3")])  # no news reaches the reader this time
+    page = await reader.pull("b", after=4, limit=10)  # the client heard of seq 4 elsewhere
+    assert not page.gap and page.head == 4 and page.messages == []
