@@ -5,6 +5,10 @@ cache, and the pull that follows is answered from memory; without them (too larg
 reads the store. On the wire (JSON, one message per target node), each message is written once however
 many of that node's users it entered:
 ``{"h": {user: seq}, "p": {user: epoch}, "m": {msg_id: message}, "e": {user: [[seq, msg_id], ...]}}``.
+
+Every batch's heads also go to every node (``{"w": {user: [seq, epoch]}, "f": node}``), whoever holds
+the users: a node that writes an inbox next then numbers from its real head instead of meeting the
+other node's keys (a sender's inbox takes delivered receipts from the readers' nodes, for one).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["InboxNews", "Message", "decode_news", "encode_news", "merge_heads"]
+__all__ = ["InboxNews", "Message", "decode_heads", "decode_news", "encode_heads", "encode_news",
+           "merge_heads"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +83,22 @@ def encode_news(news: InboxNews, users: Iterable[str], *, max_entry_bytes: int) 
     body = ",".join(f'"{msg_id}":{text}' for msg_id, text in encoded.items())
     return (f'{{"h":{json.dumps(heads)},"p":{json.dumps(epochs)},"m":{{{body}}},'
             f'"e":{json.dumps(refs, separators=(",", ":"))}}}')
+
+
+def encode_heads(news: InboxNews, *, node_id: str) -> str:
+    """The message telling every node the heads a batch of ``node_id`` reached (no entries)."""
+    return json.dumps({"w": {u: [s, news.epochs.get(u, "")] for u, s in news.heads.items()}, "f": node_id},
+                      separators=(",", ":"))
+
+
+def decode_heads(message: Mapping[str, Any]) -> InboxNews:
+    """The heads of a message made by :func:`encode_heads`, as news without entries."""
+    news = InboxNews()
+    for user, (seq, epoch) in message["w"].items():
+        news.heads[str(user)] = int(seq)
+        if epoch:
+            news.epochs[str(user)] = str(epoch)
+    return news
 
 
 def decode_news(message: Mapping[str, Any]) -> InboxNews:

@@ -32,7 +32,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from im.cluster.bus import DeliverFn, LearnFn
-from im.cluster.news import InboxNews, decode_news, encode_news
+from im.cluster.news import InboxNews, decode_heads, decode_news, encode_heads, encode_news
 from im.cluster.redis_keys import RedisKeys
 
 __all__ = ["RedisBus", "retry_due"]
@@ -133,6 +133,8 @@ class RedisBus:
                 for node, users in (await self._holders(list(pending.heads))).items():
                     await self._redis.publish(self._keys.channel(node),
                                               encode_news(pending, users, max_entry_bytes=NEWS_ENTRY_BYTES))
+                await self._redis.publish(self._keys.heads_channel,
+                                          encode_heads(pending, node_id=self.node_id))
             except (RedisError, OSError) as exc:
                 self._backlog.merge_heads(pending)
                 self._trim_backlog()
@@ -194,7 +196,7 @@ class RedisBus:
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(channel)
+                await pubsub.subscribe(channel, self._keys.heads_channel)
                 if lost_at is not None:
                     log.warning("bus: resubscribed to %s after %.1f s", channel, self._clock() - lost_at)
                     lost_at = None
@@ -230,6 +232,10 @@ class RedisBus:
     def _dispatch(self, data: Any) -> None:
         try:
             message = json.loads(data)
+            if isinstance(message.get("w"), dict):
+                if self._learn is not None and message.get("f") != self.node_id:
+                    self._learn(decode_heads(message))  # for writers: no listener is told
+                return
             if isinstance(message.get("h"), dict):
                 news = decode_news(message)
                 if self._learn is not None:

@@ -42,3 +42,8 @@ class RedisKeys:
 
     def channel(self, node_id: str) -> str:
         return self.channel_prefix + node_id
+
+    @property
+    def heads_channel(self) -> str:
+        """Every node's channel for the heads any node wrote (writers learn them; no notify)."""
+        return f"{self.prefix}heads"
