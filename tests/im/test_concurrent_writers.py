@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from im.delivery.batching import GroupCommitter
 from im.delivery.inboxes import Inboxes
-from im.delivery.leases import LocalLeases
+from im.delivery.leases import LocalLeases, StoreLeases
 from im.delivery.writer import CONTENTION_PAUSE_MAX_SECS, CONTENTION_PAUSE_SECS, contention_pause
 from im.models import Draft
 from im.storage.embedded import EmbeddedMongo
@@ -97,8 +97,8 @@ async def test_a_node_killed_mid_batch_leaves_no_hole_and_the_others_write_on(mo
         assert killed.stdout is not None
         assert (await asyncio.wait_for(killed.stdout.readline(), 30)).strip() == b"ready"
         await asyncio.sleep(0.3)  # writing
-        leases: dict[str, tuple[str, float]] = {}
-        survivors = [make_inboxes(store, leases=LocalLeases(leases, f"node{i}")) for i in range(2)]
+        # Turns are taken in the store, as nodes do while Redis is down: the writer process shares them.
+        survivors = [make_inboxes(store, leases=StoreLeases(store, f"node{i}")) for i in range(2)]
         rng = random.Random(7)
 
         async def survivor(node: Inboxes, name: str) -> None:
