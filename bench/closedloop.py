@@ -25,22 +25,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import tornado.httpclient
 
+from bench import loadgen
 from bench.loadgen import close_all, freeze_heap, open_all
-from bench.procs import cpu_secs, raise_nofile_limit
+from bench.procs import cpu_secs
 from bench.stats import summarize
 from bench.targets import ImTarget, Target, make_target
-from im.ops import eventloop
 from imclient.backoff import backoff_delay
 from imclient.errors import ApiError, ConnectionFailed
 from imclient.keepalive import KeepAliveConnection
@@ -300,6 +299,39 @@ class Measure:
         }
 
 
+def _job_facts(warm: dict[str, Any], connect_secs: float, errors: list[str], reconnects: int,
+               books: Books) -> dict[str, Any]:
+    """What every job reports besides its measured round: the warm-up, connecting, reconnects, and
+    messages that belonged to no sender of the job."""
+    return {
+        "warmup": {k: warm[k] for k in ("expected", "delivered", "lost", "secs", "non_2xx")},
+        "connect_secs": connect_secs,
+        "connect_error_count": len(errors),
+        "connect_errors": errors[:5],
+        "reconnects": reconnects,
+        "foreign": books.foreign,
+    }
+
+
+async def _warm_then_measure(
+    spec: dict[str, Any], warm_up: Callable[[], Awaitable[dict[str, Any]]],
+    measured: Callable[[], Awaitable[dict[str, Any]]], senders: Sequence[RestSender], clients: Sequence[Any],
+) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """The warm-up round, then the measured one with the processes' CPU and Redis counted around it;
+    every sender and client is closed whatever happens. Returns both rounds and the SDK reconnects."""
+    try:
+        warm = await warm_up()
+        measure = await Measure(spec.get("pids", {}), spec.get("redis_url")).start()
+        result = await measured()
+        result.update(await measure.finish())
+    finally:
+        for sender in senders:
+            sender.close()
+        reconnects = _reconnects(clients)
+        await close_all(clients)
+    return warm, result, reconnects
+
+
 async def pairs(spec: dict[str, Any], http: tornado.httpclient.AsyncHTTPClient) -> dict[str, Any]:
     books = Books()
     receivers = [
@@ -336,27 +368,15 @@ async def pairs(spec: dict[str, Any], http: tornado.httpclient.AsyncHTTPClient) 
         lost = ledger.lost(acked, lambda sender: [partner[sender]])
         return _round_result(ledger, stats, lost=lost, expected=expected)
 
-    try:
-        warm = await one_round("w", 1, spec.get("warmup_secs", WARMUP_SECS))
-        measure = await Measure(spec.get("pids", {}), spec.get("redis_url")).start()
-        result = await one_round("m", spec["messages"], spec["drain_secs"])
-        result.update(await measure.finish())
-    finally:
-        for sender in senders:
-            sender.close()
-        reconnects = _reconnects(receivers)
-        await close_all(receivers)
+    warm, result, reconnects = await _warm_then_measure(
+        spec, lambda: one_round("w", 1, spec.get("warmup_secs", WARMUP_SECS)),
+        lambda: one_round("m", spec["messages"], spec["drain_secs"]), senders, receivers)
     return {
         **result,
         "pairs": len(senders),
         "messages_per_sender": spec["messages"],
         "transport": spec["receivers"][0].get("transport", "ws") if spec["receivers"] else "",
-        "warmup": {k: warm[k] for k in ("expected", "delivered", "lost", "secs", "non_2xx")},
-        "connect_secs": connect_secs,
-        "connect_error_count": len(errors),
-        "connect_errors": errors[:5],
-        "reconnects": reconnects,
-        "foreign": books.foreign,
+        **_job_facts(warm, connect_secs, errors, reconnects, books),
     }
 
 
@@ -408,16 +428,9 @@ async def group(spec: dict[str, Any], http: tornado.httpclient.AsyncHTTPClient) 
         result.update({"group_messages": count, "rate": rate, "sending_secs": sending_secs})
         return result
 
-    try:
-        warm = await one_round("w", len(senders), 1.0, spec.get("warmup_secs", WARMUP_SECS))
-        measure = await Measure(spec.get("pids", {}), spec.get("redis_url")).start()
-        result = await one_round("m", spec["rate"], spec["secs"], spec["drain_secs"])
-        result.update(await measure.finish())
-    finally:
-        for sender in senders:
-            sender.close()
-        reconnects = _reconnects(targets)
-        await close_all(targets)
+    warm, result, reconnects = await _warm_then_measure(
+        spec, lambda: one_round("w", len(senders), 1.0, spec.get("warmup_secs", WARMUP_SECS)),
+        lambda: one_round("m", spec["rate"], spec["secs"], spec["drain_secs"]), senders, targets)
     by_url = Counter(m["url"] for m in members)
     return {
         **result,
@@ -426,36 +439,16 @@ async def group(spec: dict[str, Any], http: tornado.httpclient.AsyncHTTPClient) 
         "senders": len(senders),
         "senders_per_node": dict(Counter(m["url"] for m in members[: len(senders)])),
         "fanout": len(members) - 1,
-        "warmup": {k: warm[k] for k in ("expected", "delivered", "lost", "secs", "non_2xx")},
-        "connect_secs": connect_secs,
-        "connect_error_count": len(errors),
-        "connect_errors": errors[:5],
-        "reconnects": reconnects,
-        "foreign": books.foreign,
+        **_job_facts(warm, connect_secs, errors, reconnects, books),
     }
 
 
 SCENARIOS = {"pairs": pairs, "group": group}
 
 
-async def run(spec: dict[str, Any]) -> dict[str, Any]:
-    # One HTTP client for the SDK clients' other calls (their long-polls and sends have their own).
-    http = tornado.httpclient.AsyncHTTPClient(force_instance=True, max_clients=spec.get("http_slots", 2000))
-    try:
-        return await SCENARIOS[spec["scenario"]](spec, http)
-    finally:
-        http.close()
-
-
 def main() -> int:
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    raise_nofile_limit()
-    spec = json.loads(sys.stdin.readline())
-    result = eventloop.run(run(spec))
-    print(json.dumps(result))
-    return 0
+    # Fewer HTTP slots than the chat's generator: these SDK clients' long-polls and sends have their own.
+    return loadgen.main(SCENARIOS, http_slots=2000)
 
 
 if __name__ == "__main__":

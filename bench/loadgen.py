@@ -24,7 +24,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -630,22 +630,28 @@ async def storm(spec: dict[str, Any], http: tornado.httpclient.AsyncHTTPClient) 
 SCENARIOS = {"chat": chat, "group": group, "idle_worker": idle_worker, "storm": storm}
 
 
-async def run(spec: dict[str, Any]) -> dict[str, Any]:
+Scenario = Callable[[dict[str, Any], tornado.httpclient.AsyncHTTPClient], Awaitable[dict[str, Any]]]
+
+
+async def run(spec: dict[str, Any], scenarios: Mapping[str, Scenario] | None = None, *,
+              http_slots: int = 20000) -> dict[str, Any]:
     # One shared HTTP client for every SDK client of this process: each waiting long-poll holds a slot.
-    http = tornado.httpclient.AsyncHTTPClient(force_instance=True, max_clients=spec.get("http_slots", 20000))
+    http = tornado.httpclient.AsyncHTTPClient(force_instance=True,
+                                              max_clients=spec.get("http_slots", http_slots))
     try:
-        return await SCENARIOS[spec["scenario"]](spec, http)
+        return await (scenarios or SCENARIOS)[spec["scenario"]](spec, http)
     finally:
         http.close()
 
 
-def main() -> int:
+def main(scenarios: Mapping[str, Scenario] | None = None, *, http_slots: int = 20000) -> int:
+    """A load-generator process: the spec on the first line of stdin, the result as JSON on stdout."""
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     raise_nofile_limit()
     spec = json.loads(sys.stdin.readline())  # idle workers then read commands from the following lines
-    result = eventloop.run(run(spec))
+    result = eventloop.run(run(spec, scenarios, http_slots=http_slots))
     print(json.dumps(result))
     return 0
 

@@ -422,8 +422,8 @@ def _chat_section(results: dict[str, Any]) -> list[str]:
             "Around each step. SecantusDB counts commands: a bulk insert or update is one, however many "
             "documents it holds (mongod counts inserted documents one by one), so these figures fall as "
             "group-commit batches grow and are not the store's work per message (for that, see the cost "
-            "per statement in the README). A 1:1 message enters two inboxes (the recipient's and the "
-            "sender's own, for the sender's other devices), so both pull and acknowledge it.",
+            "per statement in docs/performance.md). A 1:1 message enters two inboxes (the recipient's "
+            "and the sender's own, for the sender's other devices), so both pull and acknowledge it.",
             "",
         ]
         md += _table(("offered/s", *OP_KINDS, "total"), op_rows)
@@ -745,6 +745,19 @@ def _cluster_summary_rows(h: dict[str, Any]) -> list[str]:
     return _table(("", "", "", ""), rows)[2:-1]
 
 
+# The headers of ``_delivery_cells`` after its rate column.
+DELIVERY_LATENCY_HEADERS = ("receipt p50 ms", "receipt p99 ms", "e2e p50 ms", "e2e p99 ms", "e2e max ms",
+                            "lost", "duplicated", "reordered")
+
+
+def _delivery_cells(job: dict[str, Any]) -> tuple[Any, ...]:
+    """A cluster job's delivery columns: rate, receipt and end-to-end latency, lost / duplicated /
+    reordered."""
+    receipt, latency = job["receipt"], job["latency"]
+    return (job["delivered_per_sec"], receipt["p50_ms"], receipt["p99_ms"], latency["p50_ms"],
+            latency["p99_ms"], latency["max_ms"], job["lost"], job["duplicated"], job["reordered"])
+
+
 def _not_receipts(job: dict[str, Any]) -> str:
     """Answers to sends that were not receipts, by HTTP status ("no answer": refused, reset or timed
     out), e.g. ``503: 4``; "none"."""
@@ -802,15 +815,7 @@ def _scaleout_section(results: dict[str, Any]) -> list[str]:
         rows.append((
             job.label,
             found["acked"],
-            found["delivered_per_sec"],
-            found["receipt"]["p50_ms"],
-            found["receipt"]["p99_ms"],
-            found["latency"]["p50_ms"],
-            found["latency"]["p99_ms"],
-            found["latency"]["max_ms"],
-            found["lost"],
-            found["duplicated"],
-            found["reordered"],
+            *_delivery_cells(found),
             _not_receipts(found),
             _cpu_cell(found),
             _node_cpu_ms(found),
@@ -822,14 +827,7 @@ def _scaleout_section(results: dict[str, Any]) -> list[str]:
                 "job",
                 "sends acked",
                 "delivered msg/s",
-                "receipt p50 ms",
-                "receipt p99 ms",
-                "e2e p50 ms",
-                "e2e p99 ms",
-                "e2e max ms",
-                "lost",
-                "duplicated",
-                "reordered",
+                *DELIVERY_LATENCY_HEADERS,
                 "not receipts",
                 "CPU s by process",
                 "nodes' CPU ms/msg",
@@ -895,14 +893,7 @@ def _scaleout_section(results: dict[str, Any]) -> list[str]:
                 "group msgs acked",
                 "abandoned",
                 "deliveries/s",
-                "receipt p50 ms",
-                "receipt p99 ms",
-                "e2e p50 ms",
-                "e2e p99 ms",
-                "e2e max ms",
-                "lost",
-                "duplicated",
-                "reordered",
+                *DELIVERY_LATENCY_HEADERS,
                 "refused (503)",
                 "other not receipts",
                 "CPU s by process",
@@ -911,15 +902,7 @@ def _scaleout_section(results: dict[str, Any]) -> list[str]:
             [(
                 group["acked"],
                 group["abandoned"],
-                group["delivered_per_sec"],
-                group["receipt"]["p50_ms"],
-                group["receipt"]["p99_ms"],
-                group["latency"]["p50_ms"],
-                group["latency"]["p99_ms"],
-                group["latency"]["max_ms"],
-                group["lost"],
-                group["duplicated"],
-                group["reordered"],
+                *_delivery_cells(group),
                 refused,
                 _not_receipts({"non_2xx": others}),
                 _cpu_cell(group),
