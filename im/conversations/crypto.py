@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -30,6 +29,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from im.errors import StoreUnavailable
+from im.lru import LruDict
 from im.storage.store import store_errors, utcnow
 
 __all__ = [
@@ -87,8 +87,7 @@ class KeyRing:
         self._keys = collection
         self.master = master
         self._masters = {m.kid: m for m in (*old_masters, master)}
-        self._cache: OrderedDict[str, AESGCM] = OrderedDict()
-        self._cache_size = cache_size
+        self._cache: LruDict[str, AESGCM] = LruDict(cache_size)
 
     async def check(self) -> None:
         """Refuse to start when stored data keys are wrapped by a master key this node does not have."""
@@ -108,9 +107,8 @@ class KeyRing:
 
     async def aead(self, conv: str) -> AESGCM:
         """The conversation's cipher, creating and storing its data key the first time."""
-        cached = self._cache.get(conv)
+        cached = self._cache.touch(conv)
         if cached is not None:
-            self._cache.move_to_end(conv)
             return cached
         async with store_errors("reading a data key"):
             doc = await self._keys.find_one({"_id": conv})
@@ -124,9 +122,7 @@ class KeyRing:
         if doc is not None:
             data_key = self._unwrap(conv, doc)
         aead = AESGCM(data_key)
-        self._cache[conv] = aead
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        self._cache.put(conv, aead)
         return aead
 
     def _unwrap(self, conv: str, doc: dict[str, Any]) -> bytes:
