@@ -19,6 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from im.cluster.news import merge_heads
 from im.delivery.counters import Head, head_from_keys, probe_heads, raise_counters, read_counters
 from im.errors import StoreUnavailable
 from im.lru import LruDict
@@ -52,9 +53,13 @@ class HeadBook:
     def trusted(self, user: str) -> Head | None:
         """``user``'s head when a reader may answer from memory, else None."""
         known = self._known.touch(user)
-        if known is None or time.monotonic() - known.confirmed_at >= self._trust_secs:
+        if known is None or not self._confirmed(known, time.monotonic()):
             return None
         return known.head, known.epoch
+
+    def _confirmed(self, known: _Known, now: float) -> bool:
+        """Whether the store confirmed ``known`` recently enough for a reader to trust it."""
+        return now - known.confirmed_at < self._trust_secs
 
     async def heads(self, users: Sequence[str], *, trusted_only: bool = True) -> dict[str, Head]:
         """The heads of ``users``: from memory when trusted (or, with ``trusted_only=False``, whenever
@@ -64,7 +69,7 @@ class HeadBook:
         now = time.monotonic()
         for user in users:
             known = self._known.touch(user)
-            if known is None or (trusted_only and now - known.confirmed_at >= self._trust_secs):
+            if known is None or (trusted_only and not self._confirmed(known, now)):
                 unknown.append(user)
             else:
                 heads[user] = (known.head, known.epoch)
@@ -105,8 +110,7 @@ class HeadBook:
             self._known.put(user, _Known(head, epoch, -math.inf))
         if own and head > self._unsaved.get(user, 0):
             self._unsaved[user] = head
-            if self._save_timer is None:
-                self._save_timer = asyncio.get_running_loop().call_later(self._save_secs, self._save_soon)
+            self._schedule_save()
 
     def forget(self, users: Sequence[str]) -> None:
         for user in users:
@@ -116,6 +120,10 @@ class HeadBook:
         """Notifies may have been lost: readers go to the store again before trusting a head."""
         for known in self._known.values():
             known.confirmed_at = -math.inf
+
+    def _schedule_save(self) -> None:
+        if self._save_timer is None:
+            self._save_timer = asyncio.get_running_loop().call_later(self._save_secs, self._save_soon)
 
     def _save_soon(self) -> None:
         self._save_timer = None
@@ -133,11 +141,9 @@ class HeadBook:
             await raise_counters(self._store, unsaved, "saving inbox heads")
         except StoreUnavailable as exc:
             log.warning("inbox heads not saved (%s); trying again", exc.message)
-            for user, seq in unsaved.items():
-                if seq > self._unsaved.get(user, 0):
-                    self._unsaved[user] = seq
-            if not stopping and self._save_timer is None:
-                self._save_timer = asyncio.get_running_loop().call_later(self._save_secs, self._save_soon)
+            merge_heads(self._unsaved, unsaved)
+            if not stopping:
+                self._schedule_save()
 
     async def stop(self) -> None:
         """Save every head this node advanced (after its last write)."""
