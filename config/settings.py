@@ -77,6 +77,9 @@ class Settings:
     # Delivery
     long_poll_default_secs: float = _setting(25.0, "long-poll wait when the client names none")
     long_poll_max_secs: float = _setting(60.0, "longest long-poll wait a client may ask for")
+    long_poll_probe_secs: float = _setting(
+        5.0, "how often a waiting long-poll's socket is checked for a client gone unreported (0: never)"
+    )
     pull_default_limit: int = _setting(100, "messages per pull when the client names no limit")
     pull_max_limit: int = _setting(500, "most messages one pull may return")
     device_idle_secs: int = _setting(
@@ -179,6 +182,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive")
+        if self.long_poll_probe_secs < 0:
+            raise SettingsError("long_poll_probe_secs must not be negative")
         if self.long_poll_default_secs > self.long_poll_max_secs:
             raise SettingsError("long_poll_default_secs must not exceed long_poll_max_secs")
         if self.ws_ping_timeout_secs > self.ws_ping_interval_secs:

@@ -26,7 +26,7 @@ from handlers.conversations import (
 )
 from handlers.files import FileHandler, FilesHandler
 from handlers.health import HealthHandler
-from handlers.longpoll import PollHandler
+from handlers.longpoll import ParkedPolls, PollHandler
 from handlers.metrics import MetricsHandler, access_logger
 from handlers.openapi import OpenApiHandler
 from handlers.presence import PresenceListHandler, PresenceUserHandler
@@ -59,7 +59,7 @@ def build_routes(service: MessagingService, settings: Settings) -> list[tornado.
         (r"/api/v1/messages", MessagesHandler, deps),
         (r"/api/v1/inbox", InboxHandler, deps),
         (r"/api/v1/inbox/ack", InboxAckHandler, deps),
-        (r"/api/v1/poll", PollHandler, deps),
+        (r"/api/v1/poll", PollHandler, {**deps, "parked": ParkedPolls(settings.long_poll_probe_secs)}),
         (r"/api/v1/presence", PresenceListHandler, deps),
         (r"/api/v1/presence/([^/]+)", PresenceUserHandler, deps),
         (r"/api/v1/friends", FriendsHandler, deps),

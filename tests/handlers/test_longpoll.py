@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import time
+from pathlib import Path
 
-from tests.helpers import Node, eventually, untrimmed_seqs
+import pytest
+
+from handlers.longpoll import ParkedPolls, PollHandler, peer_gone
+from im.storage.embedded import EmbeddedMongo
+from tests.conftest import make_settings
+from tests.helpers import Node, eventually, running_node, untrimmed_seqs
 
 
 async def test_returns_at_once_when_inbox_has_newer(node: Node) -> None:
@@ -92,3 +99,73 @@ async def test_cors_only_for_configured_origins(node: Node) -> None:
     foreign = await node.request("GET", "/api/v1/poll", token=bob, query={"after": 0, "timeout": 0},
                                  headers={"Origin": "http://elsewhere.example"})
     assert "Access-Control-Allow-Origin" not in foreign.headers
+
+
+def _parked_polls(node: Node) -> ParkedPolls:
+    app = node.server.request_callback
+    for rule in app.wildcard_router.rules:  # type: ignore[attr-defined]
+        if rule.target is PollHandler:
+            return rule.target_kwargs["parked"]
+    raise AssertionError("no long-poll route")
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with an RST (SO_LINGER 0), as a crashed client's kernel or a NAT that forgot the flow."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@pytest.mark.parametrize("how", ["fin", "rst"])
+async def test_client_gone_without_a_close_report_is_found_by_the_probe(
+        mongo: EmbeddedMongo, db_name: str, tmp_path: Path, how: str) -> None:
+    """A close the event loop never reports (simulated: tornado's close callback is detached) still ends
+    the wait within the probe interval, not at the poll's 30 s timeout."""
+    settings = make_settings(mongo.url, db_name, tmp_path, long_poll_probe_secs=0.2)
+    async with running_node(settings) as node:
+        bob = await node.user("bob")
+        parked = _parked_polls(node)
+        sock = socket.create_connection(("127.0.0.1", node.port))
+        sock.sendall(f"GET /api/v1/poll?after=0&timeout=30 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {bob}"
+                     "\r\n\r\n".encode())
+        await eventually(lambda: len(parked) == 1 and node.service.hub.listener_count("bob") == 1,
+                         what="bob's poll parked")
+        (poll,) = parked
+        assert not poll.client_gone_unreported()  # alive: the probe leaves it alone
+        poll.request.connection.set_close_callback(None)
+        if how == "rst":
+            _reset(sock)
+        else:
+            sock.close()
+        await eventually(lambda: node.service.hub.listener_count("bob") == 0, timeout_secs=5,
+                         what="bob's waiter ended by the probe")
+        assert len(parked) == 0 and parked.found_gone == 1
+        # The node still serves bob: a fresh poll gets a message sent to him.
+        alice = await node.user("alice")
+        poll_again = asyncio.ensure_future(node.poll(bob, after=0, timeout=20))
+        await eventually(lambda: len(parked) == 1, what="the fresh poll parked")
+        await node.send(alice, "bob", "after the probe")
+        response = await asyncio.wait_for(poll_again, 10)
+        assert [m["body"] for m in response.body["messages"]] == ["after the probe"]
+        assert parked.found_gone == 1
+
+
+def test_peer_gone_tells_closed_and_reset_sockets_from_live_ones() -> None:
+    live, peer = socket.socketpair()
+    with live, peer:
+        assert not peer_gone(live)
+        peer.sendall(b"GET")  # data waiting (a pipelined request) is a live client, and is not consumed
+        assert not peer_gone(live)
+        assert live.recv(3) == b"GET"
+    listener = socket.create_server(("127.0.0.1", 0))
+    with listener:
+        for close in (socket.socket.close, _reset):
+            client = socket.create_connection(listener.getsockname())
+            server_side, _ = listener.accept()
+            with server_side:
+                assert not peer_gone(server_side)
+                close(client)
+                deadline = time.monotonic() + 5
+                while not peer_gone(server_side) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert peer_gone(server_side), close
+    assert peer_gone(None)
