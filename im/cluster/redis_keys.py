@@ -36,10 +36,6 @@ class RedisKeys:
         """Which node may write ``user``'s inbox next (see ``im/delivery/leases.py``)."""
         return f"{self.prefix}lease:{user}"
 
-    def head(self, user: str) -> str:
-        """The head of ``user``'s inbox a node last announced to the other writers (``leases.py``)."""
-        return f"{self.prefix}head:{user}"
-
     @property
     def channel_prefix(self) -> str:
         return f"{self.prefix}notify:"

@@ -6,12 +6,6 @@ heads before it tries again, so under sustained contention a loser could lose ev
 that lost takes a short lease on the inboxes it could not write; every node waits (at most the lease's
 lifetime) before writing an inbox another node holds. A lease is only a turn: if it is lost, expires or
 cannot be read, writers race as before and the index still decides.
-
-Turns alone would still cost a race per switch of writer: the node whose turn comes next numbers from
-the head it knew before the other node wrote. So a writer announces the heads it just committed next to
-the leases, and the next writer reads them with its turn (the same round trip): it numbers from there
-and does not race at all. An announced head was committed, so learning it keeps a known head at or
-below the real one (what ``seqs.py`` relies on); a lost or expired one only costs the race again.
 """
 
 from __future__ import annotations
@@ -20,8 +14,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Protocol
 
@@ -31,11 +24,9 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from im.cluster.redis_keys import RedisKeys
-from im.delivery.counters import Head
 from im.storage.store import Store, store_errors, utcnow
 
-__all__ = ["HEAD_NEWS_SECS", "LEASE_SECS", "InboxLeases", "LocalLeaseTable", "LocalLeases", "NoLeases",
-           "RedisLeases", "StoreLeases"]
+__all__ = ["LEASE_SECS", "InboxLeases", "LocalLeases", "NoLeases", "RedisLeases", "StoreLeases"]
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +36,11 @@ LEASE_SECS = 0.1
 LEASES_COLLECTION = "leases"
 # How often a writer looks again whether a lease it waits on was released.
 LEASE_POLL_SECS = 0.002
-# How long an announced head is kept for the other writers: a few switches of writer.
-HEAD_NEWS_SECS = 2.0
 
 
 class InboxLeases(Protocol):
-    async def wait_turn(self, users: Sequence[str]) -> dict[str, Head]:
-        """Return once no other node holds a lease on any of ``users`` (at most ``LEASE_SECS``), with the
-        heads of ``users`` other nodes announced."""
+    async def wait_turn(self, users: Sequence[str]) -> None:
+        """Return once no other node holds a lease on any of ``users`` (at most ``LEASE_SECS``)."""
 
     async def take(self, users: Sequence[str]) -> None:
         """Lease ``users`` to this node. The latest taker of an inbox has its turn: two nodes that lost
@@ -61,23 +49,17 @@ class InboxLeases(Protocol):
     async def release(self, users: Sequence[str]) -> None:
         """Give up this node's leases on ``users``."""
 
-    async def announce(self, heads: Mapping[str, Head]) -> None:
-        """Tell the other writers the heads this node just committed."""
-
 
 class NoLeases:
     """The only writer never loses a race to another node."""
 
-    async def wait_turn(self, users: Sequence[str]) -> dict[str, Head]:
-        return {}
+    async def wait_turn(self, users: Sequence[str]) -> None:
+        pass
 
     async def take(self, users: Sequence[str]) -> None:
         pass
 
     async def release(self, users: Sequence[str]) -> None:
-        pass
-
-    async def announce(self, heads: Mapping[str, Head]) -> None:
         pass
 
 
@@ -87,46 +69,30 @@ async def _wait_while(held: Callable[[], Awaitable[bool]], *, until: float) -> N
         await asyncio.sleep(LEASE_POLL_SECS)
 
 
-@dataclass
-class LocalLeaseTable:
-    """What Redis holds for the nodes of one process: leases (node, until) and announced heads."""
-
-    leases: dict[str, tuple[str, float]] = field(default_factory=dict)
-    heads: dict[str, tuple[Head, float]] = field(default_factory=dict)
-
-
 class LocalLeases:
     """Leases shared by the writers of one process (several nodes' inboxes in one test)."""
 
-    def __init__(self, table: LocalLeaseTable, node_id: str) -> None:
+    def __init__(self, table: dict[str, tuple[str, float]], node_id: str) -> None:
         self._table = table
         self._node_id = node_id
 
     async def _held_by_others(self, users: Sequence[str]) -> bool:
         now = time.monotonic()
-        leases = self._table.leases
-        return any((lease := leases.get(u)) is not None and lease[0] != self._node_id and lease[1] > now
+        return any((lease := self._table.get(u)) is not None and lease[0] != self._node_id and lease[1] > now
                    for u in users)
 
-    async def wait_turn(self, users: Sequence[str]) -> dict[str, Head]:
+    async def wait_turn(self, users: Sequence[str]) -> None:
         await _wait_while(functools.partial(self._held_by_others, users), until=time.monotonic() + LEASE_SECS)
-        now = time.monotonic()
-        return {u: news[0] for u in users if (news := self._table.heads.get(u)) is not None and news[1] > now}
 
     async def take(self, users: Sequence[str]) -> None:
         until = time.monotonic() + LEASE_SECS
         for user in users:
-            self._table.leases[user] = (self._node_id, until)
+            self._table[user] = (self._node_id, until)
 
     async def release(self, users: Sequence[str]) -> None:
         for user in users:
-            if (lease := self._table.leases.get(user)) is not None and lease[0] == self._node_id:
-                del self._table.leases[user]
-
-    async def announce(self, heads: Mapping[str, Head]) -> None:
-        until = time.monotonic() + HEAD_NEWS_SECS
-        for user, head in heads.items():
-            self._table.heads[user] = (head, until)
+            if (lease := self._table.get(user)) is not None and lease[0] == self._node_id:
+                del self._table[user]
 
 
 class StoreLeases:
@@ -143,9 +109,8 @@ class StoreLeases:
                                              "until": {"$gt": utcnow()}}, {"_id": 1}).to_list(1)
         return bool(docs)
 
-    async def wait_turn(self, users: Sequence[str]) -> dict[str, Head]:
+    async def wait_turn(self, users: Sequence[str]) -> None:
         await _wait_while(functools.partial(self._held_by_others, users), until=time.monotonic() + LEASE_SECS)
-        return {}  # heads are not announced through the store: a write more there would cost a race
 
     async def take(self, users: Sequence[str]) -> None:
         until = utcnow() + timedelta(seconds=LEASE_SECS)
@@ -157,9 +122,6 @@ class StoreLeases:
     async def release(self, users: Sequence[str]) -> None:
         async with store_errors("releasing inbox leases"):
             await self._leases.delete_many({"_id": {"$in": list(users)}, "node": self._node_id})
-
-    async def announce(self, heads: Mapping[str, Head]) -> None:
-        pass
 
 
 class RedisLeases:
@@ -174,46 +136,23 @@ class RedisLeases:
         self._fallback = fallback or NoLeases()
         self._failing = False
 
-    async def _held_by_others(self, users: Sequence[str], news: dict[str, Head]) -> bool:
-        """Whether another node holds a lease on one of ``users``; the heads announced for them go to
-        ``news`` (read in the same round trip)."""
+    async def _held_by_others(self, users: Sequence[str]) -> bool:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for user in users:
                     pipe.get(self._keys.lease(user))
-                    pipe.get(self._keys.head(user))
-                replies = await pipe.execute()
+                holders = await pipe.execute()
         except (RedisError, OSError) as exc:
             self._note_failure(exc)
             return False
         self._failing = False
         mine = self._node_id.encode()
-        held = False
-        for user, holder, head in zip(users, replies[::2], replies[1::2], strict=True):
-            held = held or (holder is not None and holder != mine)
-            if head is not None:
-                seq, _, epoch = head.decode().partition(":")
-                news[user] = (int(seq), epoch)
-        return held
+        return any(holder is not None and holder != mine for holder in holders)
 
-    async def wait_turn(self, users: Sequence[str]) -> dict[str, Head]:
-        news: dict[str, Head] = {}
-        await _wait_while(functools.partial(self._held_by_others, users, news),
-                          until=time.monotonic() + LEASE_SECS)
+    async def wait_turn(self, users: Sequence[str]) -> None:
+        await _wait_while(functools.partial(self._held_by_others, users), until=time.monotonic() + LEASE_SECS)
         if self._failing:  # Redis could not be read: turns are taken in the store meanwhile
-            return await self._fallback.wait_turn(users)
-        return news
-
-    async def announce(self, heads: Mapping[str, Head]) -> None:
-        if self._failing:
-            return
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for user, (seq, epoch) in heads.items():
-                    pipe.set(self._keys.head(user), f"{seq}:{epoch}", px=int(HEAD_NEWS_SECS * 1000))
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            self._note_failure(exc)
+            await self._fallback.wait_turn(users)
 
     async def take(self, users: Sequence[str]) -> None:
         if self._failing:

@@ -12,10 +12,9 @@ gets a hole, on one node or many:
 So several writers of one inbox need no lock: the index orders them, and the loser of a race pays one
 more round trip. So that a loser does not lose every round while another node keeps writing, it takes
 a short lease on what it could not write, and writers wait for another node's lease (``leases.py``);
-a lease is a turn, not a lock: correctness never depends on it. Writers announce the heads they
-committed with the leases, so the next writer of a shared inbox numbers from them and does not race.
-A single node is the only writer and never loses a race, unless two nodes were started as single
-nodes on one database, which the keys then catch the same way.
+a lease is a turn, not a lock: correctness never depends on it. A single node is the only writer and
+never loses a race, unless two nodes were started as single nodes on one database, which the keys
+then catch the same way.
 """
 
 from __future__ import annotations
@@ -75,8 +74,7 @@ class Seqs:
             done.set_result(None)
 
     async def _write(self, batch: Batch, per_inbox: Mapping[str, int], users: list[str]) -> Written:
-        for user, (seq, epoch) in (await self._leases.wait_turn(users)).items():
-            self.book.learn(user, seq, epoch)  # announced by another writer: committed
+        await self._leases.wait_turn(users)
         heads = await self.book.heads(users, trusted_only=False)
         archive, receipts = batch.numbered({user: heads[user][0] + 1 for user in per_inbox})
         epochs = {user: heads[user][1] for user in per_inbox}
@@ -98,14 +96,9 @@ class Seqs:
             self.book.forget(list(per_inbox))
             raise
         written = Written(batch.receipts_by_key(receipts, stored), epochs)
-        committed: dict[str, Head] = {}
         for receipt in written.receipts.values():
             for user, seq in receipt.seqs.items():
                 self.book.learn(user, seq, own=True)
-                if seq > committed.get(user, (0, ""))[0]:
-                    committed[user] = (seq, epochs[user])
-        if committed:
-            await self._leases.announce(committed)
         if failure is None:
             if self._leased:
                 await self._release(users)
