@@ -36,7 +36,17 @@ from handlers.ws_notify import SocketNotifies
 from im.accounts.tokens import Principal, parse_bearer
 from im.errors import AuthError, ImError, InvalidInput
 from im.models import PullResult, Receipt
-from im.protocol import decode_frame, encode_frame, parse_ack, parse_pull, parse_read, parse_send, read_str
+from im.protocol import (
+    check_frame,
+    encode_frame,
+    frame_rid,
+    load_frame,
+    parse_ack,
+    parse_pull,
+    parse_read,
+    parse_send,
+    read_str,
+)
 from im.service import MessagingService
 
 __all__ = ["ImWebSocket", "hard_frame_limit"]
@@ -127,8 +137,7 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
 
     def _auth_timed_out(self) -> None:
         if self.principal is None and not self._closed:
-            self._emit({"t": "error", "code": "auth_timeout",
-                              "message": "no valid auth frame within the time limit"})
+            self._emit({"t": "error", "code": "auth_timeout", "message": "no valid auth frame in time"})
             self.close(CLOSE_AUTH_TIMEOUT, "authentication timeout")
 
     async def _authenticate(self, token: str) -> None:
@@ -149,12 +158,14 @@ class ImWebSocket(tornado.websocket.WebSocketHandler):
         once. A returned coroutine is wrapped in a task, and the next frame is read only after it
         finished, two more turns of a busy event loop per frame; only frames that must wait get one."""
         self.binary = isinstance(message, bytes)
+        rid = None
         try:
-            frame = decode_frame(message, max_bytes=self.settings_.max_frame_bytes)
+            frame = load_frame(message, max_bytes=self.settings_.max_frame_bytes)
+            rid = frame_rid(frame)
+            check_frame(frame)
         except ImError as error:
-            self._emit_error(error, None)
+            self._emit_error(error, rid)  # echoed when the frame named a valid one
             return None
-        rid = frame.get("rid")
         if (self._draining is None and self.principal is not None and frame["t"] not in SERIAL_FRAMES
                 and len(self._in_flight) < MAX_FRAMES_IN_FLIGHT):
             try:

@@ -22,9 +22,12 @@ __all__ = [
     "MAX_CLIENT_MSG_ID_CHARS",
     "USER_ID_PATTERN",
     "SendRequest",
+    "check_frame",
     "decode_frame",
     "decode_json_body",
     "encode_frame",
+    "frame_rid",
+    "load_frame",
     "parse_ack",
     "parse_pull",
     "parse_read",
@@ -82,6 +85,11 @@ def _check_object(value: Any, what: str) -> dict[str, Any]:
 
 def decode_frame(data: str | bytes, *, max_bytes: int) -> dict[str, Any]:
     """Decode one WebSocket frame: ``str`` is JSON, ``bytes`` is msgpack. Raises :class:`InvalidInput`."""
+    return check_frame(load_frame(data, max_bytes=max_bytes))
+
+
+def load_frame(data: str | bytes, *, max_bytes: int) -> dict[str, Any]:
+    """A frame's object, not yet checked (:func:`check_frame`): its ``rid`` can then answer an error."""
     if len(data) > max_bytes:
         raise TooLarge(f"frame is larger than {max_bytes} bytes", code="frame_too_large")
     try:
@@ -93,17 +101,26 @@ def decode_frame(data: str | bytes, *, max_bytes: int) -> dict[str, Any]:
             msgpack.StackError):
         kind = "msgpack" if isinstance(data, bytes) else "JSON"
         raise InvalidInput(f"frame is not valid {kind}", code="bad_frame") from None
-    frame = _check_object(value, "frame")
+    return _check_object(value, "frame")
+
+
+def frame_rid(frame: Mapping[str, Any]) -> str | int | None:
+    """The frame's request id when it is a valid one (a short string or an integer), else None."""
+    rid = frame.get("rid")
+    if (isinstance(rid, str) and len(rid) <= MAX_RID_CHARS) or (
+            isinstance(rid, int) and not isinstance(rid, bool) and abs(rid) < 2**53):
+        return rid
+    return None
+
+
+def check_frame(frame: dict[str, Any]) -> dict[str, Any]:
+    """Refuse a frame without a known type or with an invalid ``rid``."""
     kind = frame.get("t")
     if not isinstance(kind, str):
         raise InvalidInput("frame has no string 't' (frame type)", code="bad_frame", field="t")
     if kind not in CLIENT_FRAME_TYPES:
         raise InvalidInput(f"unknown frame type {kind[:32]!r}", code="unknown_type", field="t")
-    rid = frame.get("rid")
-    if rid is not None and not (
-        (isinstance(rid, str) and len(rid) <= MAX_RID_CHARS)
-        or (isinstance(rid, int) and not isinstance(rid, bool) and abs(rid) < 2**53)
-    ):
+    if frame.get("rid") is not None and frame_rid(frame) is None:
         raise InvalidInput("rid must be a short string or an integer", field="rid")
     return frame
 
@@ -233,9 +250,12 @@ def parse_send(source: Mapping[str, Any], *, max_text_chars: int) -> SendRequest
     group = read_group_id(source, "group") if source.get("group") is not None else ""
     if group and source.get("to") is not None:
         raise InvalidInput("name either 'to' (a user) or 'group', not both", field="group")
+    body = read_str(source, "body", max_chars=FILE_ID_CHARS if kind == "file" else max_text_chars)
+    if not body.strip():
+        raise InvalidInput("body must not be empty or only whitespace", code="empty_body", field="body")
     return SendRequest(
         to="" if group else read_user_id(source, "to"),
-        body=read_str(source, "body", max_chars=FILE_ID_CHARS if kind == "file" else max_text_chars),
+        body=body,
         client_msg_id=read_str(source, "client_msg_id", max_chars=MAX_CLIENT_MSG_ID_CHARS),
         kind=kind,
         group=group,

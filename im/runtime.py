@@ -91,7 +91,9 @@ def _service(settings: Settings, mongo_url: str, topology: Topology, hub: Hub) -
         mongo_url, settings.mongo_db, write_concern=settings.write_concern, journal=settings.journal,
         timeout_secs=settings.store_timeout_secs, max_idle_secs=settings.mongo_max_idle_secs,
     )
-    secret = settings.jwt_secret or load_or_create_secret(settings.data_dir, "jwt_secret")
+    secret = settings.jwt_secret or load_or_create_secret(
+        settings.data_dir, "jwt_secret",
+        protects="it signs access tokens; without it every token issued stops working (users sign in again)")
     tokens = TokenIssuer(secret, ttl_secs=settings.jwt_ttl_secs, issuer=settings.jwt_issuer,
                          old_secrets=settings.jwt_old_secret_list)
     metrics = Metrics()

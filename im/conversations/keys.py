@@ -49,12 +49,10 @@ def keyring_from(settings: Settings, collection: AsyncCollection[dict[str, Any]]
         log.warning("cluster mode without IM_MASTER_KEY: every node sharing the database must use the same "
                     "master key (set IM_MASTER_KEY on all of them) to read each other's messages")
     if not secret:
-        key_file = Path(settings.data_dir) / MASTER_KEY_FILE
-        existed = key_file.exists()
-        secret = load_or_create_secret(settings.data_dir, MASTER_KEY_FILE)
-        if not existed:
-            log.warning("back up %s apart from the database: without it no stored message can be read",
-                        key_file)
+        secret = load_or_create_secret(
+            settings.data_dir, MASTER_KEY_FILE,
+            protects="it encrypts every stored message body and file (back it up apart from the database: "
+                     "without it they cannot be read again)")
     old = [MasterKey(s.strip()) for s in settings.master_old_keys.split(",") if s.strip()]
     return KeyRing(collection, MasterKey(secret), old_masters=old, cache_size=settings.data_key_cache_size)
 

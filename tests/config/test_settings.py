@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from config import Settings, SettingsError, load_settings
+from im.conversations.keys import keyring_from
 from im.storage.secrets_file import load_or_create_secret
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +46,22 @@ def test_help_lists_every_setting() -> None:
 
 
 def test_generated_secret_is_private_and_stable(tmp_path: Path) -> None:
-    first = load_or_create_secret(tmp_path, "jwt_secret")
+    first = load_or_create_secret(tmp_path, "jwt_secret", protects="it signs tokens")
     assert len(first) >= 32
     assert (tmp_path / "jwt_secret").stat().st_mode & 0o077 == 0
-    assert load_or_create_secret(tmp_path, "jwt_secret") == first
+    assert load_or_create_secret(tmp_path, "jwt_secret", protects="it signs tokens") == first
+
+
+def test_a_generated_master_key_is_logged_with_what_it_protects(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The log names what the key protects (stored messages and files) and that they are lost without it."""
+    settings = Settings(data_dir=str(tmp_path))
+    with caplog.at_level(logging.WARNING):
+        keyring_from(settings, collection=None)  # type: ignore[arg-type]
+    (line,) = [r.getMessage() for r in caplog.records if "master_key" in r.getMessage()]
+    assert "message" in line and "file" in line and "cannot be read" in line, line
+    assert "token" not in line, line
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        keyring_from(settings, collection=None)  # type: ignore[arg-type]
+    assert not caplog.records  # kept from then on: nothing more to say

@@ -20,6 +20,7 @@ async def _snapshot(node: Node) -> dict[str, int]:
     (b'{"to": "bob", "client_msg_id": "1"}', 400, "invalid", "body"),
     (b'{"to": 7, "body": "x", "client_msg_id": "1"}', 400, "invalid", "to"),
     (b'{"to": "bob", "body": "x", "client_msg_id": ""}', 400, "invalid", "client_msg_id"),
+    (b'{"to": "bob", "body": " \\n\\t\\u3000 ", "client_msg_id": "1"}', 400, "empty_body", "body"),
     (b'{"to": "nobody", "body": "x", "client_msg_id": "1"}', 404, "unknown_recipient", "to"),
     (b'{"to": "bob", "body": "' + b"x" * (17 * 1024) + b'", "client_msg_id": "1"}', 413, "too_large", "body"),
     (b'{"to": "bob", "body": "' + b"x" * (70 * 1024) + b'", "client_msg_id": "1"}', 413, "body_too_large", None),

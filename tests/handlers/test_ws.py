@@ -102,6 +102,14 @@ async def test_error_replies_echo_rid(node: Node) -> None:
     async with node.ws(alice) as a:
         reply = await a.call({"t": "pull", "after": "x", "rid": "r-7"})
         assert reply["t"] == "error" and reply["rid"] == "r-7"
+        unknown = await a.call({"t": "bogus", "rid": 3})
+        assert unknown["code"] == "unknown_type" and unknown["rid"] == 3
+        untyped = await a.call({"rid": "r-8"})
+        assert untyped["code"] == "bad_frame" and untyped["rid"] == "r-8"
+        blank = await a.call({"t": "send", "to": "alice", "body": "   ", "client_msg_id": "c1", "rid": 9})
+        assert blank["code"] == "empty_body" and blank["rid"] == 9
+        bad_rid = await a.call({"t": "bogus", "rid": [1]})
+        assert bad_rid["code"] == "unknown_type" and "rid" not in bad_rid
 
 
 async def test_frames_before_auth_are_refused_then_auth_works(node: Node) -> None:
