@@ -51,8 +51,8 @@ def keyring_from(settings: Settings, collection: AsyncCollection[dict[str, Any]]
     if not secret:
         secret = load_or_create_secret(
             settings.data_dir, MASTER_KEY_FILE,
-            protects="it encrypts every stored message body and file (back it up apart from the database: "
-                     "without it they cannot be read again)")
+            protects="it encrypts every stored message body and file, which cannot be read again without it; "
+                     "store it apart from the database")
     old = [MasterKey(s.strip()) for s in settings.master_old_keys.split(",") if s.strip()]
     return KeyRing(collection, MasterKey(secret), old_masters=old, cache_size=settings.data_key_cache_size)
 
