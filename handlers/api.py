@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from handlers.base import ApiHandler
+from im.errors import InvalidInput
 from im.protocol import parse_ack, parse_pull, parse_send, read_device, read_str, read_user_id
 
 __all__ = ["InboxAckHandler", "InboxHandler", "MessagesHandler", "TokensHandler", "UsersHandler"]
@@ -28,10 +29,16 @@ class TokensHandler(ApiHandler):
                     "device": device}, status=201)
 
     async def delete(self) -> None:
-        """Log out: revoke every token of the caller (all devices)."""
-        await self.service.logout(self.principal)
-        self.set_status(204)
-        self.finish()
+        """Sign out this device (the token's), or every device of the user with ``?devices=all``."""
+        principal = self.principal
+        scope = self.query().get("devices", "this")
+        if scope not in ("this", "all"):
+            raise InvalidInput("devices must be 'this' (the default) or 'all'", field="devices")
+        await self.service.logout(principal, all_devices=scope == "all")
+        if scope == "all":
+            self.reply({"signed_out": "all", "user": principal.user})
+        else:
+            self.reply({"signed_out": "device", "device": principal.device, "user": principal.user})
 
 
 class MessagesHandler(ApiHandler):

@@ -114,8 +114,8 @@ class MessagingService:
     async def login(self, user: str, password: str, device: str, *, client_ip: str = "") -> tuple[str, int]:
         return await self._accounts.login(user, password, device, client_ip=client_ip)
 
-    async def logout(self, principal: Principal) -> None:
-        await self._accounts.logout(principal)
+    async def logout(self, principal: Principal, *, all_devices: bool = False) -> None:
+        await self._accounts.logout(principal, all_devices=all_devices)
 
     async def authenticate(self, token: str) -> Principal:
         return await self._accounts.authenticate(token)

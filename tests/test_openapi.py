@@ -290,7 +290,11 @@ CASES: dict[tuple[str, str], list[Call]] = {
         lambda w: w.node.request("POST", "/api/v1/tokens", json_body={"user": "bob", "password": "correct horse battery", "device": "phone"}),
         lambda w: w.node.request("POST", "/api/v1/tokens", json_body={"user": "bob", "password": "wrong password"}),
     ],
-    ("delete", "/api/v1/tokens"): [lambda w: w.node.request("DELETE", "/api/v1/tokens", token=w.spare)],
+    ("delete", "/api/v1/tokens"): [
+        lambda w: w.node.request("DELETE", "/api/v1/tokens?devices=bogus", token=w.spare),
+        lambda w: w.node.request("DELETE", "/api/v1/tokens", token=w.spare),
+        lambda w: w.node.request("DELETE", "/api/v1/tokens?devices=all", token=w.spare),
+    ],
     ("post", "/api/v1/messages"): [
         lambda w: w.node.send(w.alice, "bob", "hello", client_msg_id="c1"),
         lambda w: w.node.send(w.alice, "bob", "hello", client_msg_id="c1"),  # 200 duplicate

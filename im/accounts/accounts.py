@@ -7,7 +7,7 @@ import time
 
 from im.accounts.passwords import MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, hash_password, verify_password
 from im.accounts.tokens import Principal, TokenIssuer
-from im.accounts.users import UserStore
+from im.accounts.users import TokenVersions, UserStore
 from im.errors import AuthError, InvalidInput, RateLimited
 from im.limits import Limits
 from im.lru import LruDict
@@ -16,7 +16,7 @@ __all__ = ["Accounts"]
 
 log = logging.getLogger(__name__)
 
-# A logout on one node is seen by the others within this time (they cache token versions).
+# A sign-out on one node is seen by the others within this time (they cache token versions).
 TOKEN_VERSION_CACHE_SECS = 5.0
 # Users whose token version is cached on this node.
 TOKEN_VERSION_CACHE_SIZE = 100_000
@@ -29,7 +29,7 @@ class Accounts:
         self.users = users
         self._tokens = tokens
         self._limits = limits
-        self._token_versions: LruDict[str, tuple[int, float]] = LruDict(TOKEN_VERSION_CACHE_SIZE)
+        self._token_versions: LruDict[str, tuple[TokenVersions, float]] = LruDict(TOKEN_VERSION_CACHE_SIZE)
         self._dummy_hash: str | None = None
 
     async def start(self) -> None:
@@ -55,22 +55,30 @@ class Accounts:
         stored = await self.users.credentials(user)
         if stored is None:
             await verify_password(password, self._dummy_hash or "")
-            ok, version = False, 0
+            ok = False
         else:
-            ok, version = await verify_password(password, stored[0]), stored[1]
-        if not ok:
+            ok = await verify_password(password, stored.password_hash)
+        if stored is None or not ok:
             for limiter, key in throttles:
                 if limiter is not None:
                     limiter.peek_take(key)
             log.warning("failed login for %s from %s", user, client_ip or "?")
             raise AuthError("wrong user id or password", code="bad_credentials")
-        return self._tokens.issue(Principal(user=user, device=device, version=version))
+        versions = stored.versions
+        return self._tokens.issue(Principal(user=user, device=device, version=versions.user,
+                                            device_version=versions.of_device(device)))
 
-    async def logout(self, principal: Principal) -> None:
-        """Revoke every token of ``principal.user`` (all devices): they are refused from now on."""
-        version = await self.users.bump_token_version(principal.user)
-        self._token_versions.put(principal.user, (version, time.monotonic()))
-        log.info("user %s logged out: tokens before version %d revoked", principal.user, version)
+    async def logout(self, principal: Principal, *, all_devices: bool = False) -> None:
+        """Revoke the caller's device's tokens, or with ``all_devices`` every token of the user: they
+        are refused from now on, and signing in again issues a valid one."""
+        device = None if all_devices else principal.device
+        versions = await self.users.revoke_tokens(principal.user, device)
+        self._token_versions.put(principal.user, (versions, time.monotonic()))
+        if all_devices:
+            log.info("user %s signed out everywhere: every token issued before revoked", principal.user)
+        else:
+            log.info("user %s signed out device %r: its tokens issued before revoked", principal.user,
+                     principal.device)
 
     async def authenticate(self, token: str) -> Principal:
         """Verify the token and that it was not revoked (checked against a cache of a few seconds)."""
@@ -79,13 +87,14 @@ class Accounts:
         if cached is not None and time.monotonic() - cached[1] < TOKEN_VERSION_CACHE_SECS:
             current = cached[0]
         else:
-            version = await self.users.token_version(principal.user)
-            if version is None:
+            versions = await self.users.token_versions(principal.user)
+            if versions is None:
                 raise AuthError("token names an unknown user", code="invalid_token")
-            current = version
+            current = versions
             self._token_versions.put(principal.user, (current, time.monotonic()))
-        if principal.version != current:
-            raise AuthError("token has been revoked (logged out)", code="token_revoked")
+        device_version = current.of_device(principal.device)
+        if principal.version != current.user or principal.device_version != device_version:
+            raise AuthError("token has been revoked (signed out)", code="token_revoked")
         return principal
 
     def check_client(self, client_ip: str) -> None:

@@ -5,8 +5,9 @@ Security notes:
   are refused; ``exp``, ``iat``, ``nbf``, ``iss``, ``sub``, ``dev`` and ``ver`` are required.
 - Key rotation: every token names its key in the ``kid`` header (a hash prefix of the secret, never the
   secret). Old secrets stay accepted for verification until the tokens they signed expire.
-- Revocation: ``ver`` is the user's token version at login; logging out bumps it, which refuses every
-  token issued before (checked per request by ``im/accounts/accounts.py``, not here).
+- Revocation: ``ver`` is the user's token version at login and ``dver`` the device's; signing out
+  everywhere bumps the first, signing out one device the second, which refuses every token issued
+  before to them (checked per request by ``im/accounts/accounts.py``, not here).
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ __all__ = ["Principal", "TokenIssuer", "key_id", "parse_bearer"]
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: the user, the device the token was issued for, and the token version."""
+    """Who is calling: the user, the device the token was issued for, and the token versions (the
+    user's and the device's) it was issued under."""
 
     user: str
     device: str
     version: int = 0
+    device_version: int = 0
 
 
 def key_id(secret: str) -> str:
@@ -68,6 +71,7 @@ class TokenIssuer:
             "sub": principal.user,
             "dev": principal.device,
             "ver": principal.version,
+            "dver": principal.device_version,
             "iss": self._issuer,
             "iat": issued_at,
             "nbf": issued_at,
@@ -117,9 +121,12 @@ class TokenIssuer:
         except jwt.InvalidTokenError:
             raise AuthError("token is invalid", code="invalid_token") from None
         user, device, version = claims.get("sub"), claims.get("dev"), claims.get("ver")
-        if not isinstance(user, str) or not isinstance(device, str) or type(version) is not int:
+        device_version = claims.get("dver", 0)  # absent from tokens issued before devices could sign out
+        if (not isinstance(user, str) or not isinstance(device, str) or type(version) is not int
+                or type(device_version) is not int):
             raise AuthError("token claims are malformed", code="invalid_token")
-        return Principal(user=user, device=device, version=version), float(claims["exp"])
+        principal = Principal(user=user, device=device, version=version, device_version=device_version)
+        return principal, float(claims["exp"])
 
 
 def parse_bearer(header: str | None) -> str:

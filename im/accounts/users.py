@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 from pymongo import ReturnDocument
@@ -13,10 +15,38 @@ from im.errors import ConflictError
 from im.lru import LruDict
 from im.storage.store import Store, store_errors, utcnow
 
-__all__ = ["UserStore"]
+__all__ = ["Credentials", "TokenVersions", "UserStore", "device_key"]
 
+_VERSION_FIELDS = {"token_version": 1, "device_versions": 1}
 # Positive "user exists" answers kept in memory; users are never deleted, so a hit cannot go stale.
 KNOWN_USERS_CACHE_SIZE = 100_000
+
+
+def device_key(device: str) -> str:
+    """The field name a device's token version is kept under: device names are free text, and a
+    field name must not contain '.' or start with '$'."""
+    return hashlib.sha256(device.encode("utf-8")).hexdigest()[:20]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenVersions:
+    """A user's token version and the versions of the devices that signed out (absent: 0)."""
+
+    user: int
+    devices: dict[str, int]
+
+    def of_device(self, device: str) -> int:
+        return self.devices.get(device_key(device), 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    password_hash: str
+    versions: TokenVersions
+
+
+def _versions(doc: dict[str, Any]) -> TokenVersions:
+    return TokenVersions(doc.get("token_version", 0), dict(doc.get("device_versions") or {}))
 
 
 class UserStore:
@@ -38,25 +68,27 @@ class UserStore:
         await ensure_counters(self._store, [user])
         self._known.put(user, True)
 
-    async def credentials(self, user: str) -> tuple[str, int] | None:
-        """``(password_hash, token_version)`` of ``user``, or None when there is no such user."""
+    async def credentials(self, user: str) -> Credentials | None:
+        """The password hash and token versions of ``user``, or None when there is no such user."""
         async with store_errors("reading a user"):
-            doc = await self._users.find_one({"_id": user}, {"password_hash": 1, "token_version": 1})
-        return None if doc is None else (doc["password_hash"], doc.get("token_version", 0))
+            doc = await self._users.find_one({"_id": user}, {"password_hash": 1, **_VERSION_FIELDS})
+        return None if doc is None else Credentials(doc["password_hash"], _versions(doc))
 
-    async def token_version(self, user: str) -> int | None:
+    async def token_versions(self, user: str) -> TokenVersions | None:
         async with store_errors("reading a user"):
-            doc = await self._users.find_one({"_id": user}, {"token_version": 1})
-        return None if doc is None else doc.get("token_version", 0)
+            doc = await self._users.find_one({"_id": user}, _VERSION_FIELDS)
+        return None if doc is None else _versions(doc)
 
-    async def bump_token_version(self, user: str) -> int:
-        """Invalidate every token issued to ``user`` so far; returns the new version."""
+    async def revoke_tokens(self, user: str, device: str | None = None) -> TokenVersions:
+        """Invalidate every token issued so far to ``user`` (``device`` None) or to one of its devices;
+        returns the new versions."""
+        field = "token_version" if device is None else f"device_versions.{device_key(device)}"
         async with store_errors("revoking tokens"):
             doc = await self._users.find_one_and_update(
-                {"_id": user}, {"$inc": {"token_version": 1}}, projection={"token_version": 1},
+                {"_id": user}, {"$inc": {field: 1}}, projection=_VERSION_FIELDS,
                 return_document=ReturnDocument.AFTER,
             )
-        return 0 if doc is None else doc["token_version"]
+        return _versions(doc or {})
 
     def known(self, user: str) -> bool:
         """Whether ``user`` is known to exist without asking the store (users are never deleted, so a

@@ -92,11 +92,12 @@ async def test_bad_authorization_header_scheme(node: Node) -> None:
     assert response.status == 401 and response.error_code == "invalid_token"
 
 
-async def test_logout_revokes_every_token_of_the_user(node: Node) -> None:
+async def test_signing_out_everywhere_revokes_every_token_of_the_user(node: Node) -> None:
     await node.register("alice")
     phone, browser = await node.login("alice", device="phone"), await node.login("alice", device="browser")
     assert (await node.pull(browser)).status == 200
-    assert (await node.request("DELETE", "/api/v1/tokens", token=phone)).status == 204
+    response = await node.request("DELETE", "/api/v1/tokens?devices=all", token=phone)
+    assert response.status == 200 and response.body == {"signed_out": "all", "user": "alice"}
     for token in (phone, browser):
         response = await node.pull(token)
         assert response.status == 401 and response.error_code == "token_revoked"
@@ -104,6 +105,33 @@ async def test_logout_revokes_every_token_of_the_user(node: Node) -> None:
         assert (await ws.call({"t": "auth", "token": browser}))["code"] == "token_revoked"
     fresh = await node.login("alice", device="phone")  # logging in again works
     assert (await node.pull(fresh)).status == 200
+
+
+async def test_signing_out_revokes_this_device_only(node: Node) -> None:
+    await node.register("alice")
+    phone, old_phone = await node.login("alice", device="phone"), await node.login("alice", device="phone")
+    browser = await node.login("alice", device="browser")
+    response = await node.request("DELETE", "/api/v1/tokens", token=phone)
+    assert response.status == 200
+    assert response.body == {"signed_out": "device", "device": "phone", "user": "alice"}
+    for token in (phone, old_phone):  # every token of the device, not only the one that asked
+        response = await node.pull(token)
+        assert response.status == 401 and response.error_code == "token_revoked"
+    assert (await node.pull(browser)).status == 200  # the other device stays signed in
+    async with node.ws() as ws:
+        assert (await ws.call({"t": "auth", "token": browser}))["t"] != "error"
+    again = await node.login("alice", device="phone")  # signing in again on the device works
+    assert (await node.pull(again)).status == 200
+    # Signing out everywhere later also revokes the device's new token.
+    assert (await node.request("DELETE", "/api/v1/tokens?devices=all", token=browser)).status == 200
+    assert (await node.pull(again)).error_code == "token_revoked"
+
+
+async def test_signing_out_refuses_an_unknown_scope(node: Node) -> None:
+    token = await node.user("alice")
+    response = await node.request("DELETE", "/api/v1/tokens?devices=some", token=token)
+    assert response.status == 400 and response.error_code == "invalid"
+    assert (await node.pull(token)).status == 200  # nothing was revoked
 
 
 async def test_public_endpoints_ignore_a_stale_token(node: Node) -> None:

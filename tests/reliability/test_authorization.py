@@ -35,7 +35,7 @@ WS = "/ws"
 EXEMPT: dict[tuple[str, str], str] = {
     (r"/api/v1/users", "POST"): "registration: public, names only the new account",
     (r"/api/v1/tokens", "POST"): "login: credentials, covered by tests/handlers/test_accounts.py",
-    (r"/api/v1/tokens", "DELETE"): "logout: revokes the caller's own tokens only",
+    (r"/api/v1/tokens", "DELETE"): "sign out: revokes the caller's own tokens only (device or all)",
     (r"/api/v1/presence", "GET"): "presence is visible to every signed-in user by design",
     (r"/api/v1/presence/([^/]+)", "GET"): "presence by design; an unknown user reads as offline",
     (r"/api/v1/friends", "POST"): "asking someone to be friends is what the endpoint is for",
