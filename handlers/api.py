@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 from handlers.base import ApiHandler
-from im.errors import InvalidInput
+from im.errors import InvalidInput, NotFoundError
 from im.protocol import parse_ack, parse_pull, parse_send, read_device, read_str, read_user_id
 
-__all__ = ["InboxAckHandler", "InboxHandler", "MessagesHandler", "TokensHandler", "UsersHandler"]
+__all__ = ["InboxAckHandler", "InboxHandler", "MessagesHandler", "TokensHandler", "UserHandler",
+           "UsersHandler"]
 
 
 class UsersHandler(ApiHandler):
@@ -15,6 +18,18 @@ class UsersHandler(ApiHandler):
         user = read_user_id(body, "user")
         await self.service.register(user, read_str(body, "password", max_chars=4096))
         self.reply({"user": user}, status=201)
+
+
+class UserHandler(ApiHandler):
+    """``GET /api/v1/users/{user}``: whether a user id exists, so a client can check a new chat's peer
+    before opening it (sends and friend requests already tell an authenticated caller as much)."""
+
+    async def get(self, user: str) -> None:
+        _ = self.principal
+        user = read_user_id({"user": unquote(user)}, "user")
+        if not await self.service.user_exists(user):
+            raise NotFoundError(f"user {user!r} does not exist", code="unknown_user", field="user")
+        self.reply({"user": user})
 
 
 class TokensHandler(ApiHandler):

@@ -7,7 +7,14 @@ from pathlib import Path
 import tornado.web
 
 from config import Settings
-from handlers.api import InboxAckHandler, InboxHandler, MessagesHandler, TokensHandler, UsersHandler
+from handlers.api import (
+    InboxAckHandler,
+    InboxHandler,
+    MessagesHandler,
+    TokensHandler,
+    UserHandler,
+    UsersHandler,
+)
 from handlers.base import NotFoundHandler
 from handlers.conversations import (
     FriendAcceptHandler,
@@ -55,6 +62,7 @@ def build_routes(service: MessagingService, settings: Settings) -> list[tornado.
     static_dir = settings.static_dir or str(BUNDLED_STATIC_DIR)
     routes: list[tornado.web.URLSpec | tuple] = [
         (r"/api/v1/users", UsersHandler, deps),
+        (r"/api/v1/users/([^/]+)", UserHandler, deps),
         (r"/api/v1/tokens", TokensHandler, deps),
         (r"/api/v1/messages", MessagesHandler, deps),
         (r"/api/v1/inbox", InboxHandler, deps),

@@ -117,6 +117,9 @@ class MessagingService:
     async def logout(self, principal: Principal, *, all_devices: bool = False) -> None:
         await self._accounts.logout(principal, all_devices=all_devices)
 
+    async def user_exists(self, user: str) -> bool:
+        return await self._accounts.users.exists(user)
+
     async def authenticate(self, token: str) -> Principal:
         return await self._accounts.authenticate(token)
 

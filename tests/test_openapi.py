@@ -286,6 +286,12 @@ CASES: dict[tuple[str, str], list[Call]] = {
         lambda w: w.node.register("carol"),  # 409
         lambda w: w.node.request("POST", "/api/v1/users", json_body={"user": "Bad Id", "password": "x" * 10}),
     ],
+    ("get", "/api/v1/users/{user}"): [
+        lambda w: w.node.request("GET", "/api/v1/users/bob", token=w.alice),
+        lambda w: w.node.request("GET", "/api/v1/users/nobody", token=w.alice),
+        lambda w: w.node.request("GET", "/api/v1/users/Bad%20Id", token=w.alice),
+        lambda w: w.node.request("GET", "/api/v1/users/bob"),
+    ],
     ("post", "/api/v1/tokens"): [
         lambda w: w.node.request("POST", "/api/v1/tokens", json_body={"user": "bob", "password": "correct horse battery", "device": "phone"}),
         lambda w: w.node.request("POST", "/api/v1/tokens", json_body={"user": "bob", "password": "wrong password"}),

@@ -134,6 +134,17 @@ async def test_signing_out_refuses_an_unknown_scope(node: Node) -> None:
     assert (await node.pull(token)).status == 200  # nothing was revoked
 
 
+async def test_a_user_can_be_looked_up_before_opening_a_chat(node: Node) -> None:
+    token = await node.user("alice")
+    await node.register("bob")
+    found = await node.request("GET", "/api/v1/users/bob", token=token)
+    assert found.status == 200 and found.body == {"user": "bob"}
+    missing = await node.request("GET", "/api/v1/users/nobody", token=token)
+    assert missing.status == 404 and missing.error_code == "unknown_user"
+    assert (await node.request("GET", "/api/v1/users/Bad%20Id", token=token)).status == 400
+    assert (await node.request("GET", "/api/v1/users/bob")).status == 401  # only for signed-in callers
+
+
 async def test_public_endpoints_ignore_a_stale_token(node: Node) -> None:
     await node.register("alice")
     response = await node.request("POST", "/api/v1/tokens", token="stale.garbage.token",

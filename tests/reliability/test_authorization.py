@@ -34,6 +34,7 @@ WS = "/ws"
 # the reason it needs no case. OPTIONS (CORS preflight) is answered the same for everyone, without a token.
 EXEMPT: dict[tuple[str, str], str] = {
     (r"/api/v1/users", "POST"): "registration: public, names only the new account",
+    (r"/api/v1/users/([^/]+)", "GET"): "whether a user id exists, as a send or friend request tells anyway",
     (r"/api/v1/tokens", "POST"): "login: credentials, covered by tests/handlers/test_accounts.py",
     (r"/api/v1/tokens", "DELETE"): "sign out: revokes the caller's own tokens only (device or all)",
     (r"/api/v1/presence", "GET"): "presence is visible to every signed-in user by design",
