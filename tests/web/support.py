@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from playwright.async_api import BrowserContext, Page, expect
@@ -91,3 +92,52 @@ class WebUser:
 
     async def close(self) -> None:
         await self.context.close()
+
+
+DESKTOP = {"width": 1100, "height": 720}
+PHONE = {"width": 390, "height": 780}
+
+
+async def screenshots(page: Page, artifacts_dir: Path, name: str, *,
+                      widths: tuple[str, ...] = ("desktop", "phone")) -> list[Path]:
+    """The page as it is now, at desktop and phone width, in the light and the dark theme.
+
+    Files are ``<name>-<width>-<theme>.png``; the page is left at its original size in the light theme.
+    """
+    sizes = {"desktop": DESKTOP, "phone": PHONE}
+    original = page.viewport_size or DESKTOP
+    paths = []
+    for theme in ("light", "dark"):
+        await page.emulate_media(color_scheme=theme)
+        for width in widths:
+            await page.set_viewport_size(sizes[width])
+            path = artifacts_dir / f"{name}-{width}-{theme}.png"
+            await page.screenshot(path=str(path))
+            paths.append(path)
+    await page.emulate_media(color_scheme="light")
+    await page.set_viewport_size(original)
+    return paths
+
+
+HORIZONTAL_OVERFLOW = """
+(selectors) => {
+  const width = document.documentElement.clientWidth;
+  const outside = [];
+  for (const selector of selectors) {
+    for (const el of document.querySelectorAll(selector)) {
+      const box = el.getBoundingClientRect();
+      if (box.width === 0 && box.height === 0) continue;  // not displayed
+      if (box.left < -0.5 || box.right > width + 0.5) {
+        outside.push(`${selector} [${Math.round(box.left)}, ${Math.round(box.right)}]`);
+      }
+    }
+  }
+  return { width, scrollWidth: document.documentElement.scrollWidth, outside };
+}
+"""
+
+
+async def horizontal_overflow(page: Page, selectors: list[str]) -> dict[str, Any]:
+    """``{width, scrollWidth, outside}``: the viewport width, the document's scroll width and which of
+    the displayed elements matching ``selectors`` reach beyond the viewport's left or right edge."""
+    return await page.evaluate(HORIZONTAL_OVERFLOW, selectors)
