@@ -7,6 +7,7 @@ console error or uncaught exception, so tests can assert the transport and a cle
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,3 +142,40 @@ async def horizontal_overflow(page: Page, selectors: list[str]) -> dict[str, Any
     """``{width, scrollWidth, outside}``: the viewport width, the document's scroll width and which of
     the displayed elements matching ``selectors`` reach beyond the viewport's left or right edge."""
     return await page.evaluate(HORIZONTAL_OVERFLOW, selectors)
+
+
+TYPICAL_COLOR = """
+async (base64) => {
+  const bitmap = await createImageBitmap(await (await fetch(`data:image/png;base64,${base64}`)).blob());
+  const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+  const context = canvas.getContext("2d");
+  context.drawImage(bitmap, 0, 0);
+  const { data } = context.getImageData(0, 0, bitmap.width, bitmap.height);
+  const channels = [[], [], []];
+  for (let i = 0; i < data.length; i += 4) for (let c = 0; c < 3; c += 1) channels[c].push(data[i + c]);
+  return channels.map((values) => values.sort((a, b) => a - b)[values.length >> 1]);
+}
+"""
+
+
+async def typical_color(locator: Any) -> tuple[float, float, float]:
+    """The median colour (0-255 per channel) of the element as it is on screen: its background, for
+    anything whose foreground covers less than half of its box."""
+    png = await locator.screenshot()
+    r, g, b = await locator.page.evaluate(TYPICAL_COLOR, base64.b64encode(png).decode())
+    return r, g, b
+
+
+def parse_css_color(text: str) -> tuple[float, float, float]:
+    """``rgb(r, g, b)`` or ``rgba(r, g, b, a)`` as computed by the browser, without the alpha."""
+    r, g, b = (float(part) for part in re.findall(r"[\d.]+", text)[:3])
+    return r, g, b
+
+
+def contrast_ratio(one: tuple[float, float, float], other: tuple[float, float, float]) -> float:
+    """WCAG 2 contrast ratio of two sRGB colours (0-255 per channel): 1 (same) to 21 (black on white)."""
+    def luminance(rgb: tuple[float, float, float]) -> float:
+        linear = [(c / 255) / 12.92 if c / 255 <= 0.04045 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in rgb]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+    lighter, darker = sorted((luminance(one), luminance(other)), reverse=True)
+    return (lighter + 0.05) / (darker + 0.05)
