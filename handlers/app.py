@@ -17,6 +17,7 @@ from handlers.api import (
 )
 from handlers.base import NotFoundHandler
 from handlers.conversations import (
+    ConversationsHandler,
     FriendAcceptHandler,
     FriendDeclineHandler,
     FriendHandler,
@@ -80,6 +81,7 @@ def build_routes(service: MessagingService, settings: Settings) -> list[tornado.
         (r"/api/v1/groups/([^/]+)/members/([^/]+)", GroupMemberHandler, deps),
         (r"/api/v1/groups/([^/]+)/leave", GroupLeaveHandler, deps),
         (r"/api/v1/groups/([^/]+)/admins/([^/]+)", GroupAdminHandler, deps),
+        (r"/api/v1/conversations", ConversationsHandler, deps),
         (r"/api/v1/conversations/([^/]+)/messages", HistoryHandler, deps),
         (r"/api/v1/messages/([^/]+)/receipts", ReceiptSummaryHandler, deps),
         (r"/api/v1/receipts/read", ReadReceiptsHandler, deps),

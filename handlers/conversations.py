@@ -13,6 +13,7 @@ from im.protocol import (
 )
 
 __all__ = [
+    "ConversationsHandler",
     "FriendAcceptHandler",
     "FriendDeclineHandler",
     "FriendHandler",
@@ -30,6 +31,10 @@ __all__ = [
 
 MAX_GROUP_NAME_CHARS = 100
 DEFAULT_HISTORY_LIMIT = 50
+DEFAULT_CONVERSATIONS_LIMIT = 50
+MAX_CONVERSATIONS_LIMIT = 100
+# A listing cursor: a message id, '.', and a conversation id (at most a group's or a pair's).
+MAX_CURSOR_CHARS = 24 + 1 + 70
 
 
 def _user(value: str) -> str:
@@ -150,6 +155,17 @@ class GroupAdminHandler(ApiHandler):
         principal = self.principal
         group = await self.service.set_admin(principal.user, _group(group_id), _user(user), admin=False)
         self.reply(group.to_dict())
+
+
+class ConversationsHandler(ApiHandler):
+    async def get(self) -> None:
+        """``?before=<cursor>&limit=N``: the caller's conversations, newest activity first."""
+        principal = self.principal
+        query = self.query()
+        limit = read_int(query, "limit", default=DEFAULT_CONVERSATIONS_LIMIT, minimum=1,
+                         maximum=MAX_CONVERSATIONS_LIMIT)
+        before = read_str(query, "before", max_chars=MAX_CURSOR_CHARS, default="") or None
+        self.reply(await self.service.conversations(principal.user, before=before, limit=limit))
 
 
 class HistoryHandler(ApiHandler):

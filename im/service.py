@@ -56,7 +56,8 @@ class MessagingService:
         self._sender = Sender(inboxes, conversations, topology.bus, limits=limits, metrics=metrics,
                               webhooks=webhooks, commit_max_batch=commit_max_batch,
                               commit_max_in_flight=commit_max_in_flight)
-        self._receipts = ReceiptWriter(self._sender.committer, inboxes, conversations.receipts)
+        self._receipts = ReceiptWriter(self._sender.committer, inboxes, conversations.receipts,
+                                       conversations.markers)
         self._connections = Connections(hub, topology.presence, route_kick=topology.route_kick,
                                         login_policy=login_policy,
                                         max_per_user=limits.max_connections_per_user)
@@ -222,6 +223,10 @@ class MessagingService:
 
     async def history(self, user: str, conv: str, *, before: str | None, limit: int) -> dict[str, Any]:
         return await self._conversations.history(user, conv, before=before, limit=limit)
+
+    async def conversations(self, user: str, *, before: str | None, limit: int) -> dict[str, Any]:
+        """The user's conversations, newest activity first, with last message, unread and read marks."""
+        return await self._conversations.conversations(user, before=before, limit=limit)
 
     async def receipt_summary(self, user: str, msg_id: str) -> dict[str, Any]:
         return await self._conversations.receipt_summary(user, msg_id)

@@ -56,6 +56,8 @@ def check(value: Any, schema: dict[str, Any], where: str = "$") -> list[str]:
         if not isinstance(value, expected) or (kind in ("integer", "number") and isinstance(value, bool)):
             return [f"{where}: {type(value).__name__} is not {kind}"]
     problems: list[str] = []
+    for part in schema.get("allOf", []):
+        problems += check(value, part, where)
     if "enum" in schema and value not in schema["enum"]:
         problems.append(f"{where}: {value!r} not in {schema['enum']}")
     if isinstance(value, str) and "pattern" in schema and not re.search(schema["pattern"], value):
@@ -82,6 +84,7 @@ def test_checker_catches_mismatches() -> None:
     assert check({"messages": [], "next": 0, "head": 0, "epoch": "e", "gap": False, "more": False}, page) == []
     assert check({"messages": [{"seq": "1"}], "next": 0, "head": 0, "epoch": "e", "gap": False}, page)
     assert check({"error": {"code": 1, "message": "m"}}, {"$ref": "#/components/schemas/Error"})
+    assert check({"msg_id": 1}, {"nullable": True, "allOf": [{"$ref": "#/components/schemas/ArchivedMessage"}]})
 
 
 # -- the spec covers the application ------------------------------------------------------------------
@@ -285,6 +288,12 @@ CASES: dict[tuple[str, str], list[Call]] = {
         lambda w: w.node.register("carol"),
         lambda w: w.node.register("carol"),  # 409
         lambda w: w.node.request("POST", "/api/v1/users", json_body={"user": "Bad Id", "password": "x" * 10}),
+    ],
+    ("get", "/api/v1/conversations"): [
+        lambda w: w.node.request("GET", "/api/v1/conversations", token=w.alice),
+        lambda w: w.node.request("GET", "/api/v1/conversations", token=w.alice, query={"limit": 1}),
+        lambda w: w.node.request("GET", "/api/v1/conversations", token=w.alice, query={"before": "x"}),
+        lambda w: w.node.request("GET", "/api/v1/conversations"),
     ],
     ("get", "/api/v1/users/{user}"): [
         lambda w: w.node.request("GET", "/api/v1/users/bob", token=w.alice),

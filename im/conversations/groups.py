@@ -13,6 +13,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pymongo import ASCENDING
@@ -45,6 +46,7 @@ class Group:
     admins: list[str] = field(default_factory=list)
     members: list[str] = field(default_factory=list)
     version: int = 0
+    created_at: datetime | None = None
 
     @property
     def conv(self) -> str:
@@ -63,7 +65,8 @@ class Group:
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Group:
         return cls(id=doc["_id"], name=doc["name"], owner=doc["owner"], admins=list(doc.get("admins", [])),
-                   members=list(doc["members"]), version=doc.get("version", 0))
+                   members=list(doc["members"]), version=doc.get("version", 0),
+                   created_at=doc.get("created_at"))
 
 
 class GroupStore:
@@ -99,10 +102,10 @@ class GroupStore:
     async def create(self, owner: str, name: str, members: Iterable[str]) -> Group:
         everyone = _unique([owner, *members])
         self._check_cap(len(everyone))
-        group = Group(id=new_group_id(), name=name, owner=owner, members=everyone)
+        group = Group(id=new_group_id(), name=name, owner=owner, members=everyone, created_at=utcnow())
         async with store_errors("creating a group"):
             await self._groups.insert_one({"_id": group.id, "name": name, "owner": owner, "admins": [],
-                                           "members": everyone, "version": 0, "created_at": utcnow()})
+                                           "members": everyone, "version": 0, "created_at": group.created_at})
         return group
 
     async def add_members(self, actor: str, group_id: str, users: Iterable[str]) -> Group:

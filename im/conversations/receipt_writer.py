@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Sequence
 
 from im.accounts.tokens import Principal
+from im.conversations.read_markers import ReadMarkers
 from im.conversations.receipts import (
     DELIVERED,
     READ,
@@ -24,10 +25,12 @@ __all__ = ["ReceiptWriter"]
 
 
 class ReceiptWriter:
-    def __init__(self, committer: GroupCommitter, inboxes: Inboxes, receipts: ReceiptStore) -> None:
+    def __init__(self, committer: GroupCommitter, inboxes: Inboxes, receipts: ReceiptStore,
+                 markers: ReadMarkers) -> None:
         self._committer = committer
         self._inboxes = inboxes
         self._receipts = receipts
+        self._markers = markers
         inboxes.on_trim(self.delivered)
 
     async def delivered(self, trimmed: dict[str, list[TrimmedEntry]]) -> None:
@@ -50,6 +53,7 @@ class ReceiptWriter:
         touched = await self._receipts.readable(principal.user, ids)
         if touched:
             await self._write(READ, {principal.user: touched})
+            await self._markers.advance(principal.user, touched)
         return [t.msg_id for t in touched]
 
     async def _write(self, status: str, by_reader: dict[str, list[Touched]]) -> None:

@@ -16,14 +16,24 @@ from bson import ObjectId
 
 from im.accounts.users import UserStore
 from im.conversations.crypto import KeyRing
+from im.conversations.directory import Directory
 from im.conversations.files import FileInfo, FileStore, Upload, clean_content_type
 from im.conversations.friends import DIRECT_POLICIES, FriendStore, Relation
 from im.conversations.groups import Group, GroupStore
 from im.conversations.history import HistoryReader
-from im.conversations.receipts import ReceiptStore, is_group_conversation, parse_msg_id, summary_dict
+from im.conversations.listing import ConversationList
+from im.conversations.read_markers import ReadMarkers
+from im.conversations.receipts import (
+    DELIVERED,
+    READ,
+    ReceiptStore,
+    is_group_conversation,
+    parse_msg_id,
+    summary_dict,
+)
 from im.errors import ForbiddenError, InvalidInput, NotFoundError
 from im.models import direct_conversation_id
-from im.storage.store import Store
+from im.storage.store import Store, store_errors
 
 __all__ = ["Conversations", "Target"]
 
@@ -53,30 +63,41 @@ class Conversations:
         self.receipts = ReceiptStore(db["receipts"], store.messages)
         self.files = FileStore(db, cipher=keys, max_bytes=file_max_bytes)
         self.history_reader = HistoryReader(store.messages, cipher=keys)
+        self._trims = store.trims
+        self.directory = Directory(db["conversations"])
+        self.markers = ReadMarkers(db["read_markers"])
+        self.listing = ConversationList(self.groups, self.directory, self.markers, self.history_reader,
+                                        store.messages)
 
     async def start(self) -> None:
         await self.friends.ensure_indexes()
         await self.groups.ensure_indexes()
+        await self.directory.ensure_indexes()
         if self.keys is not None:
             await self.keys.check()
 
     # -- who may talk to whom -------------------------------------------------------------------------
 
     async def direct_target(self, sender: str, to: str) -> Target:
-        """A one-to-one conversation: the recipient must exist and, under ``friends``, be a friend."""
+        """A one-to-one conversation: the recipient must exist and, under ``friends``, be a friend.
+        The pair is in the directory before its message is written, so the conversation is listed."""
         if to != sender and not await self.users.exists(to):
             raise NotFoundError(f"recipient {to!r} does not exist", code="unknown_recipient", field="to")
         if self.direct_policy == "friends" and not await self.friends.are_friends(sender, to):
             raise ForbiddenError(f"you and {to!r} are not friends (this server only lets friends talk)",
                                  code="not_friends", field="to")
-        return _direct(sender, to)
+        target = _direct(sender, to)
+        await self.directory.register(target.conv, target.recipients)
+        return target
 
     def direct_target_known(self, sender: str, to: str) -> Target | None:
-        """:meth:`direct_target` when everything it checks is in memory (anyone may message anyone, and
-        the recipient is a user seen before); None means "await :meth:`direct_target`"."""
+        """:meth:`direct_target` when everything it checks is in memory (anyone may message anyone, the
+        recipient is a user seen before, and the pair is registered); None means "await
+        :meth:`direct_target`"."""
         if self.direct_policy != "anyone" or (to != sender and not self.users.known(to)):
             return None
-        return _direct(sender, to)
+        target = _direct(sender, to)
+        return target if self.directory.known(target.conv) else None
 
     async def group_target(self, sender: str, group_id: str) -> Target:
         """A group conversation: the sender must be a member; every member (sender too) gets an entry."""
@@ -162,16 +183,34 @@ class Conversations:
         before_id: ObjectId | None = parse_msg_id(before, "before") if before else None
         return await self.history_reader.page(conv, before=before_id, limit=limit)
 
+    async def conversations(self, user: str, *, before: str | None, limit: int) -> dict[str, Any]:
+        return await self.listing.page(user, before=before, limit=limit)
+
     async def receipt_summary(self, user: str, msg_id: str) -> dict[str, Any]:
-        """Who a group message was delivered to and who read it, for the group's members."""
+        """Who a message was delivered to and who read it, for the conversation's participants."""
         found = await self.receipts.summary(parse_msg_id(msg_id))
         if found is None or not await self.is_participant(user, found[0]["conv"]):
             raise NotFoundError(f"no message {msg_id!r}", code="unknown_message", field="msg_id")
-        if not is_group_conversation(found[0]["conv"]):
-            raise InvalidInput("receipts are aggregated for group messages; a one-to-one message's receipts "
-                               "are the receipt entries in its sender's inbox", code="not_a_group_message",
-                               field="msg_id")
-        return summary_dict(*found)
+        message, aggregate = found
+        if not is_group_conversation(message["conv"]):
+            aggregate = await self._direct_receipts(message)
+        return summary_dict(message, aggregate)
+
+    async def _direct_receipts(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A one-to-one message's receipts, from its peer's read marker and inbox floor: a delivered
+        receipt is written when the peer's inbox is trimmed past the message, so "trimmed past" and
+        "delivered" agree; read implies delivered."""
+        peer = next((r for r in message.get("rcpt", []) if r["u"] != message["from"]), None)
+        if peer is None:
+            return {}  # one's notes to oneself
+        marker = (await self.markers.of([(peer["u"], message["conv"])])).get((peer["u"], message["conv"]))
+        read = marker is not None and marker >= message["_id"]
+        if read:
+            return {DELIVERED: [peer["u"]], READ: [peer["u"]]}
+        async with store_errors("reading receipts"):
+            floor = await self._trims.find_one({"_id": peer["u"]}, {"trimmed": 1})
+        delivered = floor is not None and floor.get("trimmed", 0) >= peer["s"]
+        return {DELIVERED: [peer["u"]]} if delivered else {}
 
 
 def _direct(sender: str, to: str) -> Target:

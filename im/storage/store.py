@@ -47,7 +47,7 @@ T = TypeVar("T")
 # The collection of the database's own bookkeeping: its schema version, whether inbox heads were saved.
 META_COLLECTION = "meta"
 # Version of the data layout; ``Store._migrate`` brings older databases up to it.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Archived messages updated per bulk write when a migration gives them a new field.
 MIGRATION_BATCH = 500
 
@@ -178,7 +178,8 @@ class Store:
         Version 1 kept inbox entries in an ``inbox`` collection of their own; version 2 keeps them as
         keys in the archive, which already had each message's recipients and seqs (``rcpt``); version
         3 drops the ``inbox`` collection, which nothing reads since version 2, and the ``heads`` flag of
-        the meta collection (every node now reads heads past the counters).
+        the meta collection (every node now reads heads past the counters); version 4 lists every
+        one-to-one pair in ``conversations`` (written on a pair's first message since).
         """
         meta = self.db[META_COLLECTION]
         doc = await meta.find_one({"_id": "schema"})
@@ -190,6 +191,8 @@ class Store:
         if version < 3:
             await self.db.drop_collection("inbox")
             await meta.delete_one({"_id": "heads"})
+        if version < 4:
+            await self._list_direct_pairs()
         await meta.update_one({"_id": "schema"}, {"$set": {"version": SCHEMA_VERSION}}, upsert=True)
 
     async def _give_inbox_keys(self) -> None:
@@ -212,6 +215,23 @@ class Store:
             done += len(batch)
         if done:
             log.info("schema 2: gave %d archived messages their inbox keys", done)
+
+    async def _list_direct_pairs(self) -> None:
+        """Schema 4: one ``conversations`` document per one-to-one pair of the archive, started at its
+        first message (one pass over the archive, as in schema 2)."""
+        started: dict[str, datetime] = {}
+        async for message in self.messages.find({}, {"conv": 1}):
+            conv = message.get("conv", "")
+            if conv.startswith("d:"):
+                first = message["_id"].generation_time
+                started[conv] = min(started.get(conv, first), first)
+        ops = [UpdateOne({"_id": conv}, {"$setOnInsert": {"members": sorted(set(conv.split(":")[1:])),
+                                                          "started": at}}, upsert=True)
+               for conv, at in started.items()]
+        for start in range(0, len(ops), MIGRATION_BATCH):
+            await self.db["conversations"].bulk_write(ops[start:start + MIGRATION_BATCH], ordered=False)
+        if ops:
+            log.info("schema 4: listed %d one-to-one conversations", len(ops))
 
     async def transaction(self, what: str, write: Callable[[AsyncClientSession], Awaitable[T]]) -> T:
         """Run ``write`` in one transaction with the store's write concern, bounded in time.

@@ -84,14 +84,39 @@ async def test_group_receipts_are_aggregated(node: Node) -> None:
     hidden = await node.request("GET", f"/api/v1/messages/{msg_id}/receipts", token=eve)
     missing = await node.request("GET", "/api/v1/messages/ffffffffffffffffffffffff/receipts", token=eve)
     assert hidden.status == missing.status == 404 and hidden.error_code == missing.error_code
-    # One-to-one messages have their receipts as entries only.
-    direct = (await node.send(tokens["owner"], "ann", "hi")).body["msg_id"]
-    one_to_one = await node.request("GET", f"/api/v1/messages/{direct}/receipts", token=tokens["owner"])
-    assert one_to_one.status == 400 and one_to_one.error_code == "not_a_group_message"
     # The owner got the receipts as entries too, in order.
     messages, _ = await drain_inbox(node, tokens["owner"])
     assert receipts_in(messages) == [("delivered", "ann", [msg_id]), ("delivered", "ben", [msg_id]),
                                      ("read", "ann", [msg_id])]
+
+
+async def test_one_to_one_receipts_say_delivered_then_read(node: Node) -> None:
+    alice, bob, eve = await node.user("alice"), await node.user("bob"), await node.user("eve")
+    first = (await node.send(alice, "bob", "one")).body["msg_id"]
+    second = (await node.send(alice, "bob", "two")).body["msg_id"]
+
+    async def summary(msg_id: str, token: str = alice) -> dict:
+        response = await node.request("GET", f"/api/v1/messages/{msg_id}/receipts", token=token)
+        assert response.status == 200, response.body
+        return response.body
+
+    nobody = {"count": 0, "users": []}
+    assert (await summary(first))["delivered"] == nobody and (await summary(first))["read"] == nobody
+    assert (await summary(first))["recipients"] == 1
+    page = (await node.pull(bob)).body
+    await node.ack(bob, page["next"])  # bob's device holds both: delivered
+    bob_only = {"count": 1, "users": ["bob"]}
+    got = await summary(second)
+    assert got["delivered"] == bob_only and got["read"] == nobody
+    read = await node.request("POST", "/api/v1/receipts/read", token=bob, json_body={"msg_ids": [first]})
+    assert read.body["msg_ids"] == [first]
+    assert (await summary(first))["read"] == bob_only
+    assert (await summary(second))["read"] == nobody  # read up to the first only
+    assert (await summary(second, token=bob))["delivered"] == bob_only  # the recipient may ask too
+    hidden = await node.request("GET", f"/api/v1/messages/{first}/receipts", token=eve)
+    assert hidden.status == 404 and hidden.error_code == "unknown_message"
+    notes = (await node.send(alice, "alice", "to self")).body["msg_id"]
+    assert (await summary(notes))["recipients"] == 0
 
 
 async def test_a_trim_put_off_by_the_interval_still_happens_without_another_ack(

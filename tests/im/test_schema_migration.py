@@ -44,5 +44,9 @@ async def test_a_version_1_archive_gets_its_inbox_keys_and_its_inboxes_read_on(
         assert receipt.seqs == {"b": 3, "a": 3}
         page = await inbox.pull("b", after=1, limit=10)
         assert [(m["seq"], m["body"]) for m in page.messages] == [(2, "old 2"), (3, "new")]
+        # Schema 4: the pair is listed, started at its first message.
+        (pair,) = await store.db["conversations"].find({}).to_list(None)
+        assert pair["_id"] == conv and pair["members"] == ["a", "b"]
+        assert abs((pair["started"] - now).total_seconds()) < 2
     finally:
         await store.close()
