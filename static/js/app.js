@@ -12,6 +12,7 @@ import { ChatState, directConvId, isGroupConv, peerOf } from "./state.js";
 import { avatar, renderConversationList, renderMessages, renderOnline } from "./views.js";
 import { Groups, groupIdOf } from "./groups.js";
 import { Files } from "./files.js";
+import { wireAccountMenu } from "./account_menu.js";
 import { randomId, storage } from "./util.js";
 
 const USER_ID = /^[a-z0-9_.-]{1,32}$/;
@@ -150,20 +151,26 @@ class Session {
   }
 
   expire(message) {
-    if (this.ended) return;
-    this.stop();
-    storage.remove(SESSION_KEY);
-    session = null;
-    showAuth(message);
+    if (!this.ended) this.end(message);
   }
 
-  async logout() {
+  /** Sign this device out: its tokens are revoked; the local cache stays for the next sign in. */
+  async signOut() {
+    this.end();
+    try { await this.api.delete("/api/v1/tokens", { timeoutMs: 5000 }); } catch { /* signed out locally anyway */ }
+  }
+
+  /** Sign out every device of the account; throws (and stays signed in) when the server was not told. */
+  async signOutEverywhere() {
+    await this.api.delete("/api/v1/tokens", { query: { devices: "all" }, timeoutMs: 10000 });
+    this.end();
+  }
+
+  end(message = "") {
     this.stop();
     storage.remove(SESSION_KEY);
-    session = null;
-    // Revokes every token of this user (all devices); the local cache stays for the next sign in.
-    try { await this.api.delete("/api/v1/tokens", { timeoutMs: 5000 }); } catch { /* signed out locally anyway */ }
-    showAuth();
+    if (session === this) session = null;
+    showAuth(message);
   }
 
   // -- incoming ------------------------------------------------------------------------------------
@@ -469,7 +476,7 @@ function wire() {
   $("tab-login").addEventListener("click", () => setAuthMode(false));
   $("tab-register").addEventListener("click", () => setAuthMode(true));
   $("auth-form").addEventListener("submit", onAuthSubmit);
-  $("logout-button").addEventListener("click", () => session?.logout());
+  wireAccountMenu(() => session);
   $("back-button").addEventListener("click", () => session?.back());
 
   $("new-chat-form").addEventListener("submit", (event) => {
