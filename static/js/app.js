@@ -13,6 +13,7 @@ import { avatar, renderConversationList, renderMessages, renderOnline } from "./
 import { Groups, groupIdOf } from "./groups.js";
 import { Files } from "./files.js";
 import { wireAccountMenu } from "./account_menu.js";
+import { PeerDirectory } from "./peers.js";
 import { randomId, storage } from "./util.js";
 
 const USER_ID = /^[a-z0-9_.-]{1,32}$/;
@@ -120,6 +121,7 @@ class Session {
     if (this.ended) return;
     this.groups = new Groups(this);
     this.files = new Files(this);
+    this.peers = new PeerDirectory(this.api, this.features.userLookup);
     this.outbox = new Outbox({
       user: this.me,
       send: (message) => this.sync.send(message),
@@ -138,6 +140,28 @@ class Session {
     if (this.features.presence) this.refreshPresence();
     await this.groups.start();
     this.renderAll();
+    await this.dropPhantomChats();
+  }
+
+  /**
+   * One-to-one chats this device holds without a single stored message are checked once: a chat
+   * whose peer has no account (opened before names were checked) is dropped with its unsent messages.
+   */
+  async dropPhantomChats() {
+    const unconfirmed = this.state.list().map((conv) => conv.id)
+      .filter((id) => peerOf(id, this.me) && !this.state.conv(id).messages.some((m) => m.msg_id));
+    for (const convId of unconfirmed) {
+      try {
+        if (await this.peers.exists(peerOf(convId, this.me))) continue;
+      } catch {
+        continue; // the server could not say: keep the chat
+      }
+      if (this.ended) return;
+      this.outbox.discardConversation(convId);
+      this.state.forget(convId);
+      if (this.activeId === convId) this.back();
+      else this.renderConversations();
+    }
   }
 
   stop() {
@@ -228,6 +252,7 @@ class Session {
 
   open(convId) {
     this.activeId = convId;
+    this.state.reopen(convId);
     this.state.conv(convId);
     this.state.markRead(convId);
     $("gap-notice").hidden = true;
@@ -262,12 +287,41 @@ class Session {
     }
   }
 
-  openDirect(user) {
+  /**
+   * Open the chat with `user`, first asking the server whether that account exists unless this device
+   * already holds the chat or `known` says so. Returns "" or why the chat was not opened.
+   */
+  async openDirect(user, { known = false } = {}) {
     const peer = user.trim().toLowerCase();
     if (!USER_ID.test(peer)) return "Usernames are 1-32 characters: a-z, 0-9, _ . -";
     if (peer === this.me) return "That's you! Pick someone else.";
-    this.open(directConvId(this.me, peer));
+    const convId = directConvId(this.me, peer);
+    if (!known && !this.state.conversations.has(convId)) {
+      try {
+        if (!(await this.peers.exists(peer))) return `There is no user named “${peer}”.`;
+      } catch (error) {
+        return `Could not check “${peer}”: ${error.message}. Try again.`;
+      }
+      if (this.ended) return "";
+    }
+    this.open(convId);
     return "";
+  }
+
+  /** Take a conversation off the list on this device; a newer message brings it back. */
+  closeConversation(convId) {
+    this.outbox.discardConversation(convId);
+    this.state.close(convId);
+    if (this.activeId === convId) this.back();
+    else this.renderAll();
+  }
+
+  /** Drop an unsent (failed) message. */
+  removeMessage(clientMsgId) {
+    const convId = this.activeId;
+    this.outbox.discard(clientMsgId);
+    if (convId) this.state.removeOutgoing(convId, clientMsgId);
+    this.changed(convId);
   }
 
   back() {
@@ -437,6 +491,7 @@ class Session {
     renderMessages($("message-list"), this.state.conv(this.activeId), {
       me: this.me, group: isGroupConv(this.activeId),
       onRetry: (id) => this.outbox.retry(id),
+      onRemove: (id) => this.removeMessage(id),
       onDownload: (info) => this.files.download(info),
     });
   }
@@ -444,7 +499,7 @@ class Session {
   renderOnline() {
     if (!this.features?.presence) return;
     const count = renderOnline($("online-list"), [...this.online].sort(), {
-      me: this.me, onOpen: (user) => this.openDirect(user),
+      me: this.me, onOpen: (user) => this.openDirect(user, { known: true }),
     });
     $("online-count").textContent = count ? String(count) : "";
     $("online-empty").hidden = count > 0;
@@ -479,13 +534,19 @@ function wire() {
   wireAccountMenu(() => session);
   $("back-button").addEventListener("click", () => session?.back());
 
-  $("new-chat-form").addEventListener("submit", (event) => {
+  $("new-chat-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     if (!session) return;
     const input = $("new-chat-input");
-    const problem = session.openDirect(input.value);
+    const asked = input.value;
+    const button = $("new-chat-form").querySelector("button");
+    button.disabled = true;
+    const problem = await session.openDirect(asked).finally(() => { button.disabled = false; });
     $("new-chat-error").textContent = problem;
-    if (!problem) input.value = "";
+    if (!problem && input.value === asked) input.value = "";
+  });
+  $("close-chat-button").addEventListener("click", () => {
+    if (session?.activeId) session.closeConversation(session.activeId);
   });
 
   const input = $("composer-input");

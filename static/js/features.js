@@ -25,6 +25,7 @@ export function featuresFrom(paths) {
     files: has("/api/v1/files"),
     history: any(/^\/api\/v1\/conversations\/\{[^}]+\}\/messages$/),
     conversations: has("/api/v1/conversations"),
+    userLookup: has("/api/v1/users/{user}"),
     // Receipts (delivered/read) exist once the spec has any receipt or read path; `readPath` is the
     // REST equivalent of the WebSocket `read` frame (used on long-poll).
     receipts: any(/receipt|\/read$/),

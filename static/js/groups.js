@@ -70,12 +70,19 @@ export class Groups {
     const old = this.byId.get(group.id);
     if (old && !group.members) group.members = old.members;
     this.byId.set(group.id, group);
-    const conv = this.session.state.conv(`g:${group.id}`);
-    if (conv.title !== group.name) {
+    const convId = `g:${group.id}`;
+    if (!this.session.state.staysClosed(convId)) this.nameConversation(convId);
+    return group;
+  }
+
+  /** Give the group's conversation the group's name (creating it when new). */
+  nameConversation(convId) {
+    const group = this.byId.get(groupIdOf(convId));
+    const conv = this.session.state.conv(convId);
+    if (group && conv.title !== group.name) {
       conv.title = group.name;
       this.session.state.scheduleSave();
     }
-    return group;
   }
 
   async refresh() {
@@ -95,7 +102,9 @@ export class Groups {
   /** A group conversation appeared in the inbox: learn its name if we do not know it. */
   noticeConversation(convId) {
     const id = groupIdOf(convId);
-    if (this.enabled && id && !this.byId.has(id)) this.ensureLoaded(convId);
+    if (!this.enabled || !id) return;
+    if (this.byId.has(id)) this.nameConversation(convId);
+    else this.ensureLoaded(convId);
   }
 
   async ensureLoaded(convId) {

@@ -5,10 +5,26 @@
 
 import { backoffMs, randomId, sleep, storage } from "./util.js";
 
+// Refusals that a later attempt can overcome (a friend request accepted, a policy changed). Every
+// other refusal (no such user or group, not a member, an invalid message) is final: retrying it
+// can only fail again, so the user is offered to remove the message instead.
+const REFUSALS_THAT_MAY_LIFT = new Set(["not_friends", "not_allowed", "forbidden"]);
+
+/** Why the server refused an item, in the user's words where the code is known. */
+function refusalText(error, item) {
+  switch (error.code) {
+    case "unknown_recipient": return `there is no user named “${item.to}”`;
+    case "unknown_group": return "you are not a member of this group any more";
+    case "not_friends": return `${item.to} has not accepted you as a friend yet`;
+    default: return error.message || "could not send";
+  }
+}
+
 export class Outbox {
   /**
    * `send(message)` returns the receipt or throws an ApiError; `onChange(item)` runs on every state
-   * change of an item: "pending" -> "sent" (with `receipt`) or "failed" (with `error`).
+   * change of an item: "pending" -> "sent" (with `receipt`) or "failed" (with `error`, and `final`
+   * when no retry can succeed).
    */
   constructor({ user, send, onChange }) {
     this.key = `im.outbox.${user}`;
@@ -47,6 +63,7 @@ export class Outbox {
     if (!item) return;
     item.state = "pending";
     item.error = undefined;
+    item.final = false;
     this.persist();
     this.onChange(item);
     this.kick();
@@ -71,6 +88,12 @@ export class Outbox {
     this.persist();
   }
 
+  /** Drop every unsent message of a conversation (it was closed, or its peer does not exist). */
+  discardConversation(convId) {
+    this.items = this.items.filter((i) => i.conv !== convId);
+    this.persist();
+  }
+
   stop() {
     this.stopped = true;
     this.wake?.abort();
@@ -82,7 +105,7 @@ export class Outbox {
   }
 
   persist() {
-    storage.set(this.key, this.items.map(({ error, ...rest }) => rest));
+    storage.set(this.key, this.items);
   }
 
   async drain() {
@@ -110,7 +133,8 @@ export class Outbox {
           if (!this.items.includes(item)) continue;
           if (error?.retryable !== true) {
             item.state = "failed";
-            item.error = error.message || "could not send";
+            item.error = refusalText(error, item);
+            item.final = error.status >= 400 && error.status < 500 && !REFUSALS_THAT_MAY_LIFT.has(error.code);
             this.persist();
             this.onChange(item);
             continue; // later messages still go out

@@ -43,11 +43,15 @@ export class ChatState {
     this.me = me;
     this.key = `im.chats.${me}.${device}`;
     this.conversations = new Map();
+    // Conversations the user closed -> the newest msg_id they held then ("" for none). A closed
+    // conversation stays out of the list until a newer message arrives or the user opens it again.
+    this.closed = new Map();
     this.saveTimer = null;
     const saved = storage.get(this.key, null);
     for (const conv of saved?.conversations ?? []) {
       if (conv && typeof conv.id === "string") this.conversations.set(conv.id, this.revive(conv));
     }
+    for (const [id, upto] of Object.entries(saved?.closed ?? {})) this.closed.set(id, String(upto));
   }
 
   revive(conv) {
@@ -67,6 +71,32 @@ export class ChatState {
       this.conversations.set(id, conv);
     }
     return conv;
+  }
+
+  /** Close a conversation: out of the list (and its cache dropped) until something newer arrives. */
+  close(convId) {
+    const conv = this.conversations.get(convId);
+    const newest = conv?.messages.filter((m) => m.msg_id).map((m) => m.msg_id).sort().at(-1) ?? "";
+    this.closed.set(convId, newest);
+    this.conversations.delete(convId);
+    this.scheduleSave();
+  }
+
+  /** Forget a conversation that should never have existed (its peer has no account). */
+  forget(convId) {
+    this.conversations.delete(convId);
+    this.scheduleSave();
+  }
+
+  /** Whether a conversation closed by the user stays closed given its newest message id (or none). */
+  staysClosed(convId, newestMsgId = null) {
+    if (!this.closed.has(convId)) return false;
+    return !newestMsgId || String(newestMsgId) <= this.closed.get(convId);
+  }
+
+  /** The user opened the conversation, or something newer arrived: it is listed again. */
+  reopen(convId) {
+    if (this.closed.delete(convId)) this.scheduleSave();
   }
 
   /** Conversations, most recent first. */
@@ -92,6 +122,7 @@ export class ChatState {
   addEntry(entry, { activeConv = null, visible = true } = {}) {
     if (entry.kind === "receipt") return this.applyReceipt(entry);
     if (typeof entry.conv !== "string") return null;
+    this.reopen(entry.conv);
     const conv = this.conv(entry.conv);
     const message = {
       msg_id: entry.msg_id, client_msg_id: entry.client_msg_id, from: entry.from, to: entry.to,
@@ -161,10 +192,19 @@ export class ChatState {
     } else if (message.msg_id === null) {
       message.state = item.state;
       message.error = item.error;
+      message.final = Boolean(item.final);
     }
     conv.lastActivity = Math.max(conv.lastActivity, item.created);
     this.scheduleSave();
     return conv.id;
+  }
+
+  /** Take an unsent message off its conversation (the user removed it). */
+  removeOutgoing(convId, clientMsgId) {
+    const conv = this.conversations.get(convId);
+    if (!conv) return;
+    conv.messages = conv.messages.filter((m) => m.msg_id || m.client_msg_id !== clientMsgId);
+    this.scheduleSave();
   }
 
   applyReceipt(entry) {
@@ -227,6 +267,6 @@ export class ChatState {
       id: c.id, title: c.title, unread: c.unread, lastActivity: c.lastActivity, group: c.group,
       messages: c.messages.filter((m) => m.msg_id).slice(-MAX_CACHED_PER_CONV),
     }));
-    storage.set(this.key, { conversations });
+    storage.set(this.key, { conversations, closed: Object.fromEntries(this.closed) });
   }
 }

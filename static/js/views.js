@@ -106,6 +106,14 @@ function markTitle(message, state) {
   return MARK_LABELS[state];
 }
 
+/** Why an own message was not sent, with Retry only when a retry can succeed, and always Remove. */
+function failure(message, { onRetry, onRemove }) {
+  const id = message.client_msg_id;
+  return h("span", { class: "fail" }, `Not sent: ${String(message.error || "the server refused it").replace(/\.$/, "")}.`,
+    message.final ? null : h("button", { type: "button", onclick: () => onRetry(id) }, "Retry"),
+    h("button", { type: "button", onclick: () => onRemove(id) }, "Remove"));
+}
+
 function messageKey(message) {
   return message.msg_id ? `m:${message.msg_id}` : `c:${message.client_msg_id}`;
 }
@@ -114,7 +122,7 @@ function messageKey(message) {
  * The whole message log of one conversation (re-rendered on change; a few hundred items at most).
  * Only messages new since the last render of the same conversation get the entry animation.
  */
-export function renderMessages(list, conv, { me, group, onRetry, onDownload }) {
+export function renderMessages(list, conv, { me, group, onRetry, onRemove, onDownload }) {
   const previous = list.renderedConv === conv.id ? list.renderedKeys : null;
   const keys = new Set();
   const children = [];
@@ -138,8 +146,7 @@ export function renderMessages(list, conv, { me, group, onRetry, onDownload }) {
     },
     group && !mine && lastFrom !== message.from ? h("span", { class: "sender" }, message.from) : null,
     h("div", { class: "bubble" }, h("span", { class: "text" }, ...messageContent(message, { onDownload })), meta),
-    state === "failed" ? h("span", { class: "fail" }, message.error || "Not sent.",
-      h("button", { type: "button", onclick: () => onRetry(message.client_msg_id) }, "Retry")) : null);
+    state === "failed" ? failure(message, { onRetry, onRemove }) : null);
     if (group && !mine) item.style.setProperty("--h", hue(message.from));
     const key = messageKey(message);
     keys.add(key);

@@ -198,25 +198,6 @@ async def test_phone_layout_shows_one_pane(node: Node, browser: Any, artifacts_d
         await mona.close()
 
 
-async def test_refused_send_is_marked_failed_with_the_reason(node: Node, browser: Any) -> None:
-    """A send the server refuses (unknown recipient) is not retried forever: it shows why, with Retry."""
-    await node.register("nina")
-    nina = await WebUser.open(browser, node.base_url, "nina", transport="ws")
-    try:
-        await nina.sign_in(PASSWORD)
-        await nina.start_chat("nobody")
-        await nina.say("anyone home?")
-        failed = nina.page.locator('#message-list li.msg.mine[data-state="failed"]')
-        await expect(failed).to_have_count(1, timeout=UI_TIMEOUT_MS)
-        await expect(failed.locator(".fail")).to_contain_text("does not exist")
-        await expect(failed.get_by_role("button", name="Retry")).to_be_visible()
-        await nina.say("still there?")  # later messages are not held up by the failed one
-        await expect(failed).to_have_count(2, timeout=UI_TIMEOUT_MS)
-        assert nina.console_errors == []
-    finally:
-        await nina.close()
-
-
 async def test_auto_mode_stays_on_longpoll_when_websocket_is_refused(node: Node, browser: Any) -> None:
     """A proxy that accepts the upgrade and then drops the socket: the probe fails, long-poll carries on."""
     await node.register("owen")
