@@ -165,7 +165,9 @@ class MessagingService:
     # -- connections and presence ---------------------------------------------------------------------
 
     async def connect(self, principal: Principal, listener: InboxListener) -> None:
-        """A socket of ``principal`` is open on this node and wants notifies."""
+        """A socket of ``principal`` is open on this node and wants notifies; from now on its device holds
+        the entries it has not acknowledged (at its cursor, or from the start when it has none)."""
+        await self.inboxes.joins.join(principal.user, principal.device, after=0)
         await self._connections.attach(principal.user, listener)
 
     def disconnect(self, principal: Principal, listener: InboxListener) -> None:

@@ -17,6 +17,7 @@ from im.cluster.news import InboxNews
 from im.conversations.crypto import KeyRing
 from im.delivery.acks import AckWriter, TrimHook
 from im.delivery.cache import InboxCache
+from im.delivery.joins import DeviceJoins
 from im.delivery.parts import InboxParts
 from im.delivery.reader import InboxReader
 from im.delivery.seqs import Seqs
@@ -39,6 +40,8 @@ class Inboxes:
         self._acks = AckWriter(parts, device_idle_secs=device_idle_secs,
                                max_devices_per_user=max_devices_per_user, linger_secs=ack_linger_secs,
                                trim_interval_secs=trim_interval_secs)
+        # A joined device's seen_at needs refreshing only well within the idle time.
+        self.joins = DeviceJoins(store, refresh_secs=device_idle_secs / 10)
 
     def on_trim(self, hook: TrimHook) -> None:
         """Call ``hook`` with the entries of each batch of trims, before they are trimmed."""

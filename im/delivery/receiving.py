@@ -37,6 +37,7 @@ class Receiver:
 
     async def pull(self, principal: Principal, *, after: int, limit: int) -> PullResult:
         with self._metrics.pull_seconds.time():
+            await self._inboxes.joins.join(principal.user, principal.device, after=after)
             result = await self._inboxes.pull(principal.user, after=after, limit=limit)
         self._metrics.messages_delivered.inc(len(result.messages))
         return result
@@ -48,6 +49,8 @@ class Receiver:
         transport that answers it in the same event-loop turn as the request spares it a task and a
         turn of waiting behind everything else the loop has queued.
         """
+        if not self._inboxes.joins.joined(principal.user, principal.device):
+            return None  # the device's first pull joins it to its inbox, which needs the store
         started = time.perf_counter()
         result = self._inboxes.pull_cached(principal.user, after=after, limit=limit)
         if result is not None:

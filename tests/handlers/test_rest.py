@@ -110,6 +110,56 @@ async def test_two_devices_each_receive_everything(eager_trim_node: Node) -> Non
     assert (await node.ack(browser, browser_last)).body["trimmed"] == 6
 
 
+async def test_a_device_that_pulled_but_has_not_acked_yet_still_gets_everything(eager_trim_node: Node) -> None:
+    """The laptop pulls (nothing yet), ten messages come, the phone pulls and acks them: the laptop's
+    next pull still has all ten, with no gap, because a device is active from its first pull."""
+    node = eager_trim_node
+    alice = await node.user("alice")
+    await node.register("bob")
+    laptop, phone = await node.login("bob", device="laptop"), await node.login("bob", device="phone")
+    first = (await node.pull(laptop, after=0)).body
+    assert first["messages"] == [] and first["head"] == 0
+    for i in range(10):
+        await node.send(alice, "bob", f"m{i}")
+    _, phone_last = await drain_inbox(node, phone)
+    assert (await node.ack(phone, phone_last)).body["trimmed"] == 0  # held back by the laptop
+    page = (await node.pull(laptop, after=0)).body
+    assert page["gap"] is False and [m["body"] for m in page["messages"]] == [f"m{i}" for i in range(10)]
+    assert (await node.ack(laptop, page["next"])).body["trimmed"] == 10
+
+
+async def test_a_device_joins_at_the_after_it_gave_over_a_long_poll_and_a_socket(eager_trim_node: Node) -> None:
+    node = eager_trim_node
+    alice = await node.user("alice")
+    await node.register("bob")
+    web, tablet, phone = [await node.login("bob", device=d) for d in ("web", "tablet", "phone")]
+    await node.send(alice, "bob", "m0")
+    assert [m["body"] for m in (await node.poll(web, after=0, timeout=1)).body["messages"]] == ["m0"]
+    async with node.ws(tablet) as ws:  # a socket, no pull yet: held from its (absent) cursor
+        for i in range(1, 4):
+            await node.send(alice, "bob", f"m{i}")
+        _, phone_last = await drain_inbox(node, phone)
+        assert (await node.ack(phone, phone_last)).body["trimmed"] == 0
+        pulled = await ws.call({"t": "pull", "after": 0, "rid": 1})
+        assert [m["body"] for m in pulled["messages"]] == [f"m{i}" for i in range(4)]
+        await ws.call({"t": "ack", "upto": 4, "rid": 2})
+    # The web device gave after=0, so it still holds m0..m3 back; its poll acknowledges them.
+    assert (await node.ack(phone, phone_last)).body["trimmed"] == 0
+    await node.poll(web, after=4, timeout=1)
+    assert (await node.ack(phone, phone_last)).body["trimmed"] == 4
+
+
+async def test_a_device_that_never_pulled_holds_nothing_back(eager_trim_node: Node) -> None:
+    node = eager_trim_node
+    alice = await node.user("alice")
+    await node.register("bob")
+    await node.login("bob", device="spare")  # signed in, never pulled, polled or connected
+    phone = await node.login("bob", device="phone")
+    await node.send(alice, "bob", "m0")
+    _, last = await drain_inbox(node, phone)
+    assert (await node.ack(phone, last)).body["trimmed"] == 1
+
+
 async def test_ack_beyond_head_is_refused(node: Node) -> None:
     bob = await node.user("bob")
     response = await node.ack(bob, 5)
