@@ -43,6 +43,7 @@ class DeviceJoins:
         async with store_errors("joining a device to its inbox"):
             await self._cursors.update_one(
                 {"_id": f"{user}/{device}"},
-                {"$max": {"seq": max(after, 0)}, "$set": {"user": user, "device": device, "seen_at": utcnow()}},
+                {"$max": {"seq": max(after, 0)},
+                 "$set": {"user": user, "device": device, "seen_at": utcnow()}},
                 upsert=True)
         self.seen(user, device)
