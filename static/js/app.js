@@ -14,6 +14,7 @@ import { Groups, groupIdOf } from "./groups.js";
 import { Files } from "./files.js";
 import { wireAccountMenu } from "./account_menu.js";
 import { PeerDirectory } from "./peers.js";
+import { readConversationIndex } from "./conversation_index.js";
 import { randomId, storage } from "./util.js";
 
 const USER_ID = /^[a-z0-9_.-]{1,32}$/;
@@ -138,9 +139,44 @@ class Session {
     this.outbox.kick();
     $("online-panel").hidden = !this.features.presence;
     if (this.features.presence) this.refreshPresence();
+    const listed = this.loadConversationIndex();
     await this.groups.start();
     this.renderAll();
+    await listed;
     await this.dropPhantomChats();
+  }
+
+  /**
+   * Fill the conversation list from the server's index, page by page (when the server has one). A
+   * call while a reading runs joins it: that reading is as recent as the caller needs.
+   */
+  loadConversationIndex() {
+    if (!this.features.conversations) return Promise.resolve();
+    this.indexReading ??= this.readConversationIndex().finally(() => { this.indexReading = null; });
+    return this.indexReading;
+  }
+
+  async readConversationIndex() {
+    let previousActivity = Date.now();
+    try {
+      await readConversationIndex(this.api, (summaries) => {
+        if (this.ended) return;
+        for (const summary of summaries) {
+          const id = this.state.applySummary(summary, {
+            activeConv: this.activeId, visible: this.visible(), fallbackActivity: previousActivity,
+          });
+          if (!id) continue;
+          previousActivity = Math.min(previousActivity, this.state.conv(id).lastActivity || previousActivity);
+          if (summary.peer) this.peers.known(summary.peer);
+          if (isGroupConv(id)) this.groups.noticeConversation(id);
+        }
+        this.renderConversations();
+        this.renderTitle();
+        if (this.activeId) this.renderMessages();
+      });
+    } catch {
+      // the list is a head start: without it conversations appear as messages arrive
+    }
   }
 
   /**
@@ -216,6 +252,7 @@ class Session {
   /** The server could not serve our cursor incrementally: refill from history where the server has it. */
   onGap() {
     this.gapSeen = true;
+    this.loadConversationIndex();
     for (const conv of this.state.conversations.values()) conv.historyLoaded = false;
     if (this.activeId) this.loadHistory(this.activeId);
     else if (!this.features.history && this.state.conversations.size) this.showGapNotice();

@@ -9,6 +9,13 @@ const MAX_CACHED_PER_CONV = 200;
 const SAVE_DELAY_MS = 250;
 const MARK_RANK = { failed: -1, pending: 0, sent: 1, delivered: 2, read: 3 };
 
+/** The later of two msg_ids (24-hex ObjectIds sort by time as strings); either may be null. */
+function laterId(a, b) {
+  if (!a) return b ?? null;
+  if (!b) return a;
+  return String(a) > String(b) ? String(a) : String(b);
+}
+
 export function directConvId(a, b) {
   const [x, y] = [a, b].sort();
   return `d:${x}:${y}`;
@@ -57,9 +64,13 @@ export class ChatState {
   revive(conv) {
     const messages = (conv.messages ?? []).filter((m) => m && (m.msg_id || m.client_msg_id));
     return {
-      id: conv.id, title: conv.title ?? null, unread: Number(conv.unread) || 0,
+      id: conv.id, title: conv.title ?? null, unread: Number(conv.unread) || 0, unreadMore: Boolean(conv.unreadMore),
       lastActivity: Number(conv.lastActivity) || 0, messages, readUpto: conv.readUpto ?? null,
       group: conv.group ?? null, historyLoaded: false, historyMore: undefined, historyBusy: false,
+      // Read markers as the server last listed them: mine (messages of others up to it are read) and,
+      // one-to-one, the peer's (my messages up to it are read). `countedUpto`: the newest message the
+      // server's unread count included, so an entry arriving later for it is not counted twice.
+      lastRead: conv.lastRead ?? null, peerRead: conv.peerRead ?? null, countedUpto: conv.countedUpto ?? null,
     };
   }
 
@@ -138,10 +149,13 @@ export class ChatState {
         if ((MARK_RANK[old.state] ?? 0) > MARK_RANK.sent) message.state = old.state;
         conv.messages.splice(pending, 1);
       }
-    } else if (entry.conv !== activeConv || !visible) {
+    } else if (message.msg_id && conv.lastRead && message.msg_id <= conv.lastRead) {
+      message.readSent = true; // read on another device already
+    } else if ((entry.conv !== activeConv || !visible) && !(conv.countedUpto && message.msg_id <= conv.countedUpto)) {
       conv.unread += 1;
     }
     this.insertConfirmed(conv, message);
+    this.applyPeerRead(conv);
     conv.lastActivity = Math.max(conv.lastActivity, message.ts);
     this.scheduleSave();
     return conv.id;
@@ -160,19 +174,75 @@ export class ChatState {
   /** Page of history (any order): merged by msg_id, so it can be loaded any number of times. */
   addHistory(convId, entries) {
     const conv = this.conv(convId);
+    const added = this.mergeArchived(conv, entries);
+    conv.historyLoaded = true;
+    this.scheduleSave();
+    return added;
+  }
+
+  /** Archived messages (any order) into a conversation, each once; returns how many were new. */
+  mergeArchived(conv, entries) {
     const known = new Set(conv.messages.map((m) => m.msg_id).filter(Boolean));
-    const fresh = entries.filter((e) => e.msg_id && !known.has(String(e.msg_id)) && e.kind !== "receipt")
+    const fresh = entries.filter((e) => e?.msg_id && !known.has(String(e.msg_id)) && e.kind !== "receipt")
       .sort((a, b) => (a.ts ?? 0) - (b.ts ?? 0));
     for (const e of fresh) {
+      const mine = e.from === this.me;
+      const readHere = !mine && conv.lastRead && String(e.msg_id) <= conv.lastRead;
       this.insertConfirmed(conv, {
         msg_id: String(e.msg_id), client_msg_id: e.client_msg_id, from: e.from, to: e.to,
-        kind: e.kind ?? "text", body: e.body, ts: e.ts ?? 0, state: e.from === this.me ? (e.status ?? "sent") : undefined,
+        kind: e.kind ?? "text", body: e.body, ts: e.ts ?? 0, state: mine ? (e.status ?? "sent") : undefined,
+        ...(readHere ? { readSent: true } : {}),
       });
       conv.lastActivity = Math.max(conv.lastActivity, e.ts ?? 0);
     }
-    conv.historyLoaded = true;
-    this.scheduleSave();
+    this.applyPeerRead(conv);
     return fresh.length;
+  }
+
+  /**
+   * One conversation as the server lists it (GET /api/v1/conversations): its last message, read
+   * markers and unread count. `activeConv` is on screen (and `visible`), so nothing in it is unread.
+   * `fallbackActivity` places a conversation without messages where the server listed it.
+   * Returns the conversation id, or null for one the user closed that has nothing newer since.
+   */
+  applySummary(summary, { activeConv = null, visible = true, fallbackActivity = 0 } = {}) {
+    const convId = summary?.conv;
+    if (typeof convId !== "string") return null;
+    const last = summary.last_message ?? null;
+    if (this.staysClosed(convId, last?.msg_id)) return null;
+    this.reopen(convId);
+    const conv = this.conv(convId);
+    if (summary.group?.name) conv.title = String(summary.group.name);
+    conv.lastRead = laterId(conv.lastRead, summary.last_read);
+    conv.peerRead = laterId(conv.peerRead, summary.peer_read);
+    for (const m of conv.messages) {
+      if (m.from !== this.me && m.msg_id && conv.lastRead && m.msg_id <= conv.lastRead) m.readSent = true;
+    }
+    if (last) this.mergeArchived(conv, [last]);
+    else this.applyPeerRead(conv);
+    const newest = Math.max(0, ...conv.messages.map((m) => m.ts ?? 0));
+    conv.lastActivity = newest || fallbackActivity;
+    // The server counted unread messages up to its last one; what this device received after that
+    // and has not reported read comes on top.
+    conv.countedUpto = laterId(conv.countedUpto, last?.msg_id);
+    const newer = conv.messages.filter((m) => m.msg_id && m.from !== this.me && !m.readSent
+      && (!conv.countedUpto || m.msg_id > conv.countedUpto)).length;
+    const onScreen = convId === activeConv && visible;
+    conv.unread = onScreen ? 0 : (Number(summary.unread) || 0) + newer;
+    conv.unreadMore = !onScreen && Boolean(summary.unread_more);
+    this.scheduleSave();
+    return convId;
+  }
+
+  /** My messages up to the peer's read marker show as read (one-to-one). */
+  applyPeerRead(conv) {
+    if (!conv.peerRead) return;
+    for (const m of conv.messages) {
+      const id = m.msg_id ?? m.sentMsgId;
+      if (m.from === this.me && id && id <= conv.peerRead && (MARK_RANK[m.state] ?? 0) < MARK_RANK.read) {
+        m.state = "read";
+      }
+    }
   }
 
   /** Show an outbox item (pending, sent or failed) in its conversation. */
@@ -250,8 +320,9 @@ export class ChatState {
 
   markRead(convId) {
     const conv = this.conversations.get(convId);
-    if (conv && conv.unread) {
+    if (conv && (conv.unread || conv.unreadMore)) {
       conv.unread = 0;
+      conv.unreadMore = false;
       this.scheduleSave();
     }
   }
@@ -264,7 +335,8 @@ export class ChatState {
   save() {
     clearTimeout(this.saveTimer);
     const conversations = this.list().map((c) => ({
-      id: c.id, title: c.title, unread: c.unread, lastActivity: c.lastActivity, group: c.group,
+      id: c.id, title: c.title, unread: c.unread, unreadMore: c.unreadMore, lastActivity: c.lastActivity,
+      group: c.group, lastRead: c.lastRead, peerRead: c.peerRead, countedUpto: c.countedUpto,
       messages: c.messages.filter((m) => m.msg_id).slice(-MAX_CACHED_PER_CONV),
     }));
     storage.set(this.key, { conversations, closed: Object.fromEntries(this.closed) });

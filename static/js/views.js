@@ -30,9 +30,10 @@ export function fileInfo(message) {
   };
 }
 
-export function previewText(message, me) {
+/** One line for the conversation list: who wrote the last message (you, or a group's member) and what. */
+export function previewText(message, me, { group = false } = {}) {
   if (!message) return "";
-  const who = message.from === me ? "You: " : "";
+  const who = message.from === me ? "You: " : group && message.from ? `${message.from}: ` : "";
   if (message.kind === "file") return `${who}File: ${fileInfo(message)?.name ?? "file"}`;
   return who + String(message.body ?? "");
 }
@@ -43,7 +44,8 @@ export function renderConversationList(list, { state, activeId, online, onOpen }
     const last = conv.messages.at(-1);
     const peer = peerOf(conv.id, state.me);
     const group = isGroupConv(conv.id);
-    const label = `${group ? "Group " : "Chat with "}${title}${conv.unread ? `, ${conv.unread} unread` : ""}`;
+    const unread = conv.unreadMore || conv.unread > 99 ? "99+" : String(conv.unread);
+    const label = `${group ? "Group " : "Chat with "}${title}${conv.unread ? `, ${unread} unread` : ""}`;
     const button = h("button", {
       type: "button", class: "conv", "aria-label": label, "aria-current": conv.id === activeId ? "true" : "false",
       dataset: { conv: conv.id }, onclick: () => onOpen(conv.id),
@@ -54,8 +56,8 @@ export function renderConversationList(list, { state, activeId, online, onOpen }
         h("span", { class: "conv-name" }, title),
         h("span", { class: "conv-time" }, last ? formatTime(last.ts) : "")),
       h("span", { class: "conv-bottom" },
-        h("span", { class: "conv-preview" }, previewText(last, state.me) || (group ? "Group created" : "Say hello")),
-        conv.unread ? h("span", { class: "badge unread", "aria-label": `${conv.unread} unread` }, String(conv.unread)) : null)));
+        h("span", { class: "conv-preview" }, previewText(last, state.me, { group }) || (group ? "Group created" : "Say hello")),
+        conv.unread ? h("span", { class: "badge unread", "aria-label": `${unread} unread` }, unread) : null)));
     return h("li", {}, button);
   });
   list.replaceChildren(...items);

@@ -72,6 +72,13 @@ class WebUser:
         return self.page.get_by_role("list", name="Conversation list").get_by_role(
             "button", name=re.compile(rf"^(Chat with|Group) {re.escape(title)}(,|$)"))
 
+    async def expect_conversation_list(self, labels: list[str]) -> None:
+        """The sidebar lists exactly these conversations (their accessible names), in this order."""
+        items = self.page.get_by_role("list", name="Conversation list").locator("button.conv")
+        await expect(items).to_have_count(len(labels), timeout=UI_TIMEOUT_MS)
+        for item, label in zip(await items.all(), labels, strict=True):
+            await expect(item).to_have_accessible_name(label, timeout=UI_TIMEOUT_MS)
+
     async def open_chat(self, title: str) -> None:
         await self.conversation(title).click()
         await expect(self.page.locator("#chat-title")).to_have_text(title, timeout=UI_TIMEOUT_MS)
