@@ -15,6 +15,7 @@ How it keeps the server's promises on the client side:
 :class:`Client` holds identity, settings and lifecycle, and delegates each concern to one part:
 
 - :mod:`imclient.cursor` — the inbox cursor and delivery to ``on_message``;
+- :mod:`imclient.state` — the cursor kept in a file between runs;
 - :mod:`imclient.connection` — the connection loop (transport choice, reconnects, backoff);
 - :mod:`imclient.ws_session` / :mod:`imclient.wsconn` — the WebSocket session, and calls matched to
   replies on one socket;
@@ -30,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -46,6 +48,7 @@ from imclient.http import RestClient
 from imclient.longpoll import LongPollSession
 from imclient.policy import RELOGIN_CODES
 from imclient.sender import Sender
+from imclient.state import InboxPlaceFile
 from imclient.ws_session import WsSession
 
 __all__ = ["TRANSPORTS", "Client"]
@@ -74,12 +77,16 @@ class Client:
 
     ``urls`` are the base URLs of the nodes (``http://127.0.0.1:8888``); any node serves any user, so
     on a failure the client moves on to the next one. ``on_message`` receives every inbox entry once,
-    in seq order (the user's own sent messages included, as they are in the inbox: on a WebSocket they
-    are taken from the send's receipt instead of being pulled back); it may be a plain
-    function or a coroutine function, and an exception from it is logged, not retried. ``after``
-    restores a cursor saved from an earlier run (``last_seq``). ``on_notify(seq, transport)``, if
-    given, is called when a notify that wakes a pull arrives (or a long-poll answer with entries): the
-    benchmark times notify-to-delivery with it.
+    in seq order: messages to the user, the user's own sent messages (``from`` is the user; on a
+    WebSocket they are taken from the send's receipt instead of being pulled back) and receipts of what
+    the user sent (``kind: "receipt"``); it may be a plain function or a coroutine function, and an
+    exception from it is logged, not retried.
+
+    ``state_path`` names a JSON file that keeps this device's place in its inbox (cursor and epoch)
+    between runs: read here when it exists (it wins over ``after``), rewritten atomically whenever the
+    place moves. Without it ``after`` restores a cursor the caller saved (``last_seq``).
+    ``on_notify(seq, transport)``, if given, is called when a notify that wakes a pull arrives (or a
+    long-poll answer with entries): the benchmark times notify-to-delivery with it.
 
     Call :meth:`start` (logs in, registers first if ``register``, connects) and :meth:`close`.
     """
@@ -91,7 +98,7 @@ class Client:
         poll_timeout_secs: int = POLL_TIMEOUT_SECS, pull_limit: int = PULL_LIMIT,
         http: tornado.httpclient.AsyncHTTPClient | None = None, rand: random.Random | None = None,
         token: str | None = None, ack_interval_secs: float = ACK_INTERVAL_SECS,
-        on_notify: NotifyHook | None = None,
+        on_notify: NotifyHook | None = None, state_path: str | os.PathLike[str] | None = None,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}")
@@ -130,7 +137,9 @@ class Client:
         # imclient/keepalive.py).
         self._poll = keepalive.KeepAliveConnection()
         self._sends = keepalive.KeepAlivePool()
-        self._cursor = InboxCursor(user, after, self._wake, on_message=on_message, on_gap=on_gap)
+        place_file = InboxPlaceFile(state_path, user, device) if state_path is not None else None
+        self._cursor = InboxCursor(user, after, self._wake, on_message=on_message, on_gap=on_gap,
+                                   place_file=place_file)
         self._ws_session = WsSession(self, self._cursor, self._wake)
         long_poll = LongPollSession(self, self._cursor, poll=self._poll, sends=self._sends)
         self._loop = ConnectionLoop(self, self._ws_session, long_poll)
@@ -208,6 +217,11 @@ class Client:
 
     async def close(self) -> None:
         """Stop: the transport is closed and pending calls fail with :class:`ClientClosed`."""
+        await self._stop_connection()
+        self._release_http()
+
+    async def _stop_connection(self) -> None:
+        """End the connection loop and its sockets; REST calls still work afterwards."""
         self._closing = True
         self._wake.set()
         self._ws_session.close()  # acks what was delivered first
@@ -218,6 +232,8 @@ class Client:
                 await task
         self._poll.close()
         self._sends.close()
+
+    def _release_http(self) -> None:
         if self._own_http:
             self.rest.http.close()
 
@@ -241,7 +257,8 @@ class Client:
 
     async def send_group(self, group: str, body: str, *, client_msg_id: str | None = None,
                          deadline_secs: float = SEND_DEADLINE_SECS) -> dict[str, Any]:
-        """Send to a group (servers with the group API); retried like :meth:`send`."""
+        """Send to a group by its id (the ``group`` of ``POST /api/v1/groups``, not its name); retried
+        like :meth:`send`. The receipt's ``seq`` is the sender's own, since a group has many inboxes."""
         return await self._sender.send({"group": group, "body": body}, client_msg_id, deadline_secs)
 
     async def _own_sent(self, receipt: dict[str, Any], payload: dict[str, Any]) -> None:

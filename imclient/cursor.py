@@ -2,7 +2,8 @@
 
 Both transports feed pull (or poll) replies here, and a WebSocket send feeds its own entry from the
 receipt. The cursor only moves forward, except on a ``gap`` or a new inbox ``epoch``: then the entries it
-stood on are gone, so it restarts where the server serves from and tells ``on_gap``.
+stood on are gone, so it restarts where the server serves from and tells ``on_gap``. Given a place file,
+the cursor starts from the place saved there and saves every move, so the next run resumes it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from imclient.state import InboxPlace, InboxPlaceFile
 
 __all__ = ["GapCallback", "InboxCursor", "MessageCallback"]
 
@@ -30,10 +33,15 @@ class InboxCursor:
     """
 
     def __init__(self, user: str, after: int, wake: asyncio.Event, *,
-                 on_message: MessageCallback | None, on_gap: GapCallback | None) -> None:
+                 on_message: MessageCallback | None, on_gap: GapCallback | None,
+                 place_file: InboxPlaceFile | None = None) -> None:
         self.user = user
-        self.last_seq = after
-        self.epoch: str | None = None
+        saved = place_file.load() if place_file is not None else None
+        self.last_seq = saved.last_seq if saved is not None else after
+        self.epoch: str | None = saved.epoch if saved is not None else None
+        self._place_file = place_file
+        # What the place file holds, so an unchanged place is not written again.
+        self._saved_place = saved
         self.duplicates_dropped = 0
         self.on_message = on_message
         self.on_gap = on_gap
@@ -44,7 +52,10 @@ class InboxCursor:
         """Hand the new entries of one pull reply to ``on_message`` in seq order; False if the reply
         asks for nothing more (an empty page)."""
         async with self._delivering:
-            return await self._absorb_reply(reply)
+            try:
+                return await self._absorb_reply(reply)
+            finally:
+                self._save_place()
 
     async def take_own_send(self, receipt: dict[str, Any], payload: dict[str, Any]) -> bool:
         """Deliver our own send from its receipt; True if delivered (the caller then acks it).
@@ -68,7 +79,18 @@ class InboxCursor:
                 "to": receipt.get("to"), "kind": "text", "body": payload.get("body"),
                 "client_msg_id": receipt.get("client_msg_id"), "ts": receipt.get("ts"),
             })
+            self._save_place()
         return True
+
+    def _save_place(self) -> None:
+        """Save the place if it moved. Runs before the delivered entries are acknowledged, so the
+        saved place is never below the server's floor for this device: the next run has no gap."""
+        if self._place_file is None:
+            return
+        place = InboxPlace(self.last_seq, self.epoch)
+        if place != self._saved_place:
+            self._place_file.save(place)
+            self._saved_place = place
 
     async def _absorb_reply(self, reply: dict[str, Any]) -> bool:
         epoch = reply.get("epoch")
@@ -98,8 +120,11 @@ class InboxCursor:
             first = 0
             messages.clear()
             reply["more"] = True
-        log.warning("%s: inbox gap (epoch %s -> %s); cursor %d -> %d", self.user, self.epoch,
-                    reply.get("epoch"), self.last_seq, first)
+        # A warning only when no on_gap callback takes it: an application that is told decides what
+        # its user sees.
+        level = logging.INFO if self.on_gap is not None else logging.WARNING
+        log.log(level, "%s: inbox gap (epoch %s -> %s); cursor %d -> %d", self.user, self.epoch,
+                reply.get("epoch"), self.last_seq, first)
         self.last_seq = first
         await self._call(self.on_gap, reply)
 
