@@ -88,7 +88,8 @@ class Client:
     ``on_notify(seq, transport)``, if given, is called when a notify that wakes a pull arrives (or a
     long-poll answer with entries): the benchmark times notify-to-delivery with it.
 
-    Call :meth:`start` (logs in, registers first if ``register``, connects) and :meth:`close`.
+    Call :meth:`start` (logs in, registers first if ``register``, connects) and :meth:`close`, or
+    :meth:`logout` to sign out as well.
     """
 
     def __init__(
@@ -219,6 +220,27 @@ class Client:
         """Stop: the transport is closed and pending calls fail with :class:`ClientClosed`."""
         await self._stop_connection()
         self._release_http()
+
+    async def logout(self, *, all_devices: bool = False) -> dict[str, Any]:
+        """Sign out this device (every token issued to it), or with ``all_devices`` every device of
+        the user; then close. Returns the server's answer, ``{"signed_out": "device"|"all", "user",
+        "device"?}``.
+
+        The connection stops first: it would log in again with the password as soon as the server
+        refuses its token. The client is closed whether or not the sign-out got through.
+        """
+        await self._stop_connection()
+        try:
+            reply = await self.request("DELETE", "/api/v1/tokens",
+                                       query={"devices": "all"} if all_devices else None)
+        finally:
+            self._release_http()
+        self.stopped_reason = "signed_out"
+        self.token = None
+        if isinstance(reply, dict):
+            return reply
+        # A server from before per-device sign-out answers 204 and has revoked every device's tokens.
+        return {"signed_out": "all", "user": self.user}
 
     async def _stop_connection(self) -> None:
         """End the connection loop and its sockets; REST calls still work afterwards."""
