@@ -13,6 +13,8 @@ from im.conversations.receipts import (
     READ,
     ReceiptStore,
     Touched,
+    is_group_conversation,
+    milestone_drafts,
     parse_msg_id,
     receipt_drafts,
     wants_receipt,
@@ -57,9 +59,15 @@ class ReceiptWriter:
         return [t.msg_id for t in touched]
 
     async def _write(self, status: str, by_reader: dict[str, list[Touched]]) -> None:
+        """One-to-one messages: an entry per reader to the sender. Group messages: the aggregate, and an
+        entry to the sender when every recipient has reached the status (see ``receipts.py``)."""
         if not by_reader:
             return
-        drafts = [d for reader, touched in by_reader.items() for d in receipt_drafts(reader, status, touched)]
+        direct = {reader: [t for t in touched if not is_group_conversation(t.conv)]
+                  for reader, touched in by_reader.items()}
+        drafts = [d for reader, touched in direct.items() for d in receipt_drafts(reader, status, touched)]
         # Futures, not coroutines: gather would wrap each coroutine in a task of its own.
         await asyncio.gather(*(self._committer.enqueue(d) for d in drafts))
-        await self._receipts.record(status, by_reader)
+        reached = await self._receipts.record(status, by_reader)
+        if reached:
+            await asyncio.gather(*(self._committer.enqueue(d) for d in milestone_drafts(reached)))

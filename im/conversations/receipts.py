@@ -7,9 +7,13 @@ hundred messages costs the sender one entry, not a hundred. Its ``client_msg_id`
 status and the message ids, so a repeated ack or read frame stores nothing new (the unique
 (from, client_msg_id) index of the archive dedups it).
 
-Aggregates (``receipts`` collection, one document per group message: who it was delivered to and who
-read it) answer "how many of the group have read this" without scanning inboxes. One-to-one messages
-have none: their one receipt entry per status says it all, and the hot ack path stays one write cheaper.
+A group message's receipts are kept in an aggregate (``receipts`` collection, one document per group
+message: who it was delivered to and who read it, and of how many recipients), which answers "who has
+read this" without scanning inboxes. Its sender gets one entry per status when *every* recipient has
+reached it (``{"status", "all": true, "msg_ids"}``, no ``by``), not one per member: in a large group
+per-member entries would cost as many writes into the sender's inbox as the message itself, from
+every node at once. One-to-one messages have no aggregate: their one receipt entry per status says it
+all, and the hot ack path stays one write cheaper.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from im.errors import InvalidInput
 from im.models import Draft
 from im.storage.store import store_errors
 
-__all__ = ["DELIVERED", "READ", "RECEIPT_KIND", "ReceiptStore", "Touched", "parse_msg_id", "receipt_drafts"]
+__all__ = ["DELIVERED", "READ", "RECEIPT_KIND", "Milestone", "ReceiptStore", "Touched", "milestone_drafts",
+           "parse_msg_id", "receipt_drafts"]
 
 RECEIPT_KIND = "receipt"
 DELIVERED = "delivered"
@@ -44,6 +49,14 @@ class Touched:
     msg_id: str
     conv: str
     sender: str
+
+
+@dataclass(frozen=True, slots=True)
+class Milestone:
+    """Every recipient of a group message has reached ``status``."""
+
+    message: Touched
+    status: str
 
 
 def parse_msg_id(value: str, field: str = "msg_id") -> ObjectId:
@@ -81,16 +94,29 @@ def receipt_drafts(reader: str, status: str, touched: Iterable[Touched]) -> list
     return drafts
 
 
+def milestone_drafts(reached: Iterable[Milestone]) -> list[Draft]:
+    """One entry per message and status, into its sender's own inbox. The ``client_msg_id`` names the
+    message, so a milestone seen complete by several batches or nodes is stored once."""
+    return [
+        Draft(sender=m.message.sender, to=m.message.sender, conv=m.message.conv, kind=RECEIPT_KIND,
+              body={"status": m.status, "all": True, "msg_ids": [m.message.msg_id]},
+              client_msg_id=f"r:{m.status}:all:{m.message.msg_id}", recipients=(m.message.sender,))
+        # Delivered before read, so a sender never sees "read by all" before "delivered to all".
+        for m in sorted(reached, key=lambda m: (m.status != DELIVERED, m.message.msg_id))
+    ]
+
+
 class ReceiptStore:
     def __init__(self, receipts: AsyncCollection[dict[str, Any]], messages: AsyncCollection[dict[str, Any]]
                  ) -> None:
         self._receipts = receipts
         self._messages = messages
 
-    async def record(self, status: str, by_reader: Mapping[str, Sequence[Touched]]) -> None:
+    async def record(self, status: str, by_reader: Mapping[str, Sequence[Touched]]) -> list[Milestone]:
         """Add each reader to the aggregates of the group messages it touched (a read message counts as
-        delivered too). One update per message, whatever the number of readers: a group message that
-        200 members' acks trimmed together costs one statement, not 200."""
+        delivered too), and return the milestones this reached. One update per message, whatever the
+        number of readers: a group message that 200 members' acks trimmed together costs one statement,
+        not 200."""
         readers_of: dict[str, set[str]] = {}
         about: dict[str, Touched] = {}
         for reader, touched in by_reader.items():
@@ -99,7 +125,7 @@ class ReceiptStore:
                     readers_of.setdefault(t.msg_id, set()).add(reader)
                     about[t.msg_id] = t
         if not readers_of:
-            return
+            return []
         fields = [DELIVERED] if status == DELIVERED else [DELIVERED, READ]
         ops = [
             UpdateOne(
@@ -112,6 +138,29 @@ class ReceiptStore:
         ]
         async with store_errors("recording receipts"):
             await self._receipts.bulk_write(ops, ordered=False)
+            counts = await self._counts([ObjectId(m) for m in readers_of])
+        reached = []
+        for msg_id, (recipients, reached_by) in counts.items():
+            for f in fields:
+                if recipients and len(reached_by[f]) >= recipients:
+                    reached.append(Milestone(about[str(msg_id)], f))
+        return reached
+
+    async def _counts(self, ids: list[ObjectId]) -> dict[ObjectId, tuple[int, dict[str, list[str]]]]:
+        """Per message: its number of recipients (the sender excluded) and who reached each status.
+        The number is read from the archive once per message and then kept in its aggregate."""
+        projection = {"of": 1, DELIVERED: 1, READ: 1}
+        docs = await self._receipts.find({"_id": {"$in": ids}}, projection).to_list(len(ids))
+        missing = [d["_id"] for d in docs if "of" not in d]
+        sizes: dict[ObjectId, int] = {}
+        if missing:
+            async for m in self._messages.find({"_id": {"$in": missing}}, {"rcpt": 1, "from": 1}):
+                sizes[m["_id"]] = sum(1 for r in m.get("rcpt", []) if r["u"] != m["from"])
+            if sizes:
+                await self._receipts.bulk_write(
+                    [UpdateOne({"_id": i}, {"$set": {"of": n}}) for i, n in sizes.items()], ordered=False)
+        return {d["_id"]: (d.get("of", sizes.get(d["_id"], 0)), {f: d.get(f, []) for f in (DELIVERED, READ)})
+                for d in docs}
 
     async def readable(self, reader: str, msg_ids: Sequence[ObjectId]) -> list[Touched]:
         """The messages of ``msg_ids`` that ``reader`` received from someone else (and, for group
