@@ -21,6 +21,8 @@ __all__ = ["Group", "GroupDirectory", "GroupNotChosen"]
 # A group id still unknown after a refresh (a group one has left) refreshes the list again at most
 # this often, so its messages do not cost a request each.
 UNKNOWN_GROUP_REFRESH_SECS = 10.0
+# Looking up a name for an incoming line holds up the messages behind it: it may not wait long.
+NAME_LOOKUP_TIMEOUT_SECS = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +48,11 @@ class GroupDirectory:
         # Ids that a refresh did not find.
         self._missing: set[str] = set()
 
-    async def refresh(self) -> list[Group]:
+    async def refresh(self, timeout_secs: float = 30.0) -> list[Group]:
         """Read the user's groups from the server; raises :class:`GroupNotChosen` on a server without
         the group API."""
         try:
-            reply = await self._client.request("GET", "/api/v1/groups")
+            reply = await self._client.request("GET", "/api/v1/groups", timeout_secs=timeout_secs)
         except ApiError as error:
             if error.status in (404, 405):
                 raise GroupNotChosen("this server does not support groups (no group API)") from None
@@ -82,7 +84,7 @@ class GroupDirectory:
         recently = time.monotonic() - self._refreshed_at < UNKNOWN_GROUP_REFRESH_SECS
         if group is None and not (group_id in self._missing and recently):
             try:
-                await self.refresh()
+                await self.refresh(timeout_secs=NAME_LOOKUP_TIMEOUT_SECS)
             except Exception:  # a name is only decoration: the message is shown either way
                 self._refreshed_at = time.monotonic()
             group = self._by_id.get(group_id)
