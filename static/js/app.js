@@ -9,12 +9,14 @@ import { detectFeatures } from "./features.js";
 import { SyncClient, transportMode } from "./client.js";
 import { Outbox } from "./outbox.js";
 import { ChatState, directConvId, isGroupConv, peerOf } from "./state.js";
-import { avatar, renderConversationList, renderMessages, renderOnline } from "./views.js";
+import { avatar, previewText, renderConversationList, renderMessages, renderOnline } from "./views.js";
 import { Groups, groupIdOf } from "./groups.js";
 import { Files } from "./files.js";
 import { wireAccountMenu } from "./account_menu.js";
 import { PeerDirectory } from "./peers.js";
 import { readConversationIndex } from "./conversation_index.js";
+import { ImagePreviews, openImageViewer, wireImageViewer } from "./images.js";
+import { DesktopNotifications, renderNotificationToggle } from "./notifications.js";
 import { randomId, storage } from "./util.js";
 
 const USER_ID = /^[a-z0-9_.-]{1,32}$/;
@@ -123,6 +125,9 @@ class Session {
     this.groups = new Groups(this);
     this.files = new Files(this);
     this.peers = new PeerDirectory(this.api, this.features.userLookup);
+    this.images = new ImagePreviews({ token: () => this.api.token, onReady: () => this.imageLoaded() });
+    this.notifications = new DesktopNotifications(this.me);
+    renderNotificationToggle($("notify-button"), this.notifications);
     this.outbox = new Outbox({
       user: this.me,
       send: (message) => this.sync.send(message),
@@ -131,7 +136,7 @@ class Session {
     for (const item of this.outbox.unsent()) this.state.upsertOutgoing(item);
     this.sync = new SyncClient({
       api: this.api, user: this.me, device: this.device, mode: transportMode(),
-      onEntries: (entries) => this.onEntries(entries),
+      onEntries: (entries, { catchingUp }) => this.onEntries(entries, { catchingUp }),
       onGap: () => this.onGap(),
       onState: (status) => this.onTransportState(status),
     });
@@ -205,6 +210,7 @@ class Session {
     this.sync?.stop();
     this.outbox?.stop();
     this.groups?.stop();
+    this.images?.clear();
     clearTimeout(this.presenceTimer);
     clearTimeout(this.readTimer);
     this.state.save();
@@ -237,16 +243,38 @@ class Session {
 
   visible() { return document.visibilityState === "visible"; }
 
-  onEntries(entries) {
+  onEntries(entries, { catchingUp = false } = {}) {
     const changed = new Set();
     for (const entry of entries) {
       if (entry.from === this.me && entry.kind !== "receipt") this.outbox.confirm(entry.client_msg_id, entry.msg_id);
       const id = this.state.addEntry(entry, { activeConv: this.activeId, visible: this.visible() });
       if (id) changed.add(id);
       if (id && isGroupConv(id)) this.groups.noticeConversation(id);
+      if (id && !catchingUp) this.notify(entry);
     }
     for (const id of changed) this.changed(id);
     if (changed.has(this.activeId)) this.scheduleReadReport();
+  }
+
+  /**
+   * A desktop notification for a message of someone else, unless its conversation is on screen.
+   * Messages read while catching up at the start are not announced: the list shows them as unread.
+   */
+  notify(entry) {
+    if (entry.from === this.me || entry.kind === "receipt") return;
+    if (entry.conv === this.activeId && this.visible()) return;
+    const group = isGroupConv(entry.conv);
+    this.notifications.show({
+      title: this.state.titleOf(this.state.conv(entry.conv)),
+      body: previewText(entry, this.me, { group }),
+      tag: entry.conv,
+      onClick: () => { if (!this.ended) this.open(entry.conv); },
+    });
+  }
+
+  async toggleNotifications() {
+    await this.notifications.toggle();
+    renderNotificationToggle($("notify-button"), this.notifications);
   }
 
   /** The server could not serve our cursor incrementally: refill from history where the server has it. */
@@ -530,7 +558,17 @@ class Session {
       onRetry: (id) => this.outbox.retry(id),
       onRemove: (id) => this.removeMessage(id),
       onDownload: (info) => this.files.download(info),
+      images: this.features.files ? this.images : null,
+      onOpenImage: (info, url) => openImageViewer(info, url, (file) => this.files.download(file)),
     });
+  }
+
+  /** A picture finished loading: show it where it is, keeping a reader at the bottom there. */
+  imageLoaded() {
+    if (!this.activeId || this.ended) return;
+    const stick = this.nearBottom();
+    this.renderMessages();
+    if (stick) this.scrollToBottom(true);
   }
 
   renderOnline() {
@@ -569,6 +607,8 @@ function wire() {
   $("tab-register").addEventListener("click", () => setAuthMode(true));
   $("auth-form").addEventListener("submit", onAuthSubmit);
   wireAccountMenu(() => session);
+  wireImageViewer();
+  $("notify-button").addEventListener("click", () => session?.toggleNotifications());
   $("back-button").addEventListener("click", () => session?.back());
 
   $("new-chat-form").addEventListener("submit", async (event) => {

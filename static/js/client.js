@@ -27,7 +27,8 @@ export function transportMode(search = location.search) {
 
 export class SyncClient {
   /**
-   * `onEntries(entries)`: new inbox entries in seq order; `onGap()`: reload history;
+   * `onEntries(entries, {catchingUp})`: new inbox entries in seq order, `catchingUp` while the pages
+   * that were waiting when the client started are read; `onGap()`: reload history;
    * `onState({state, transport, detail})`: for the status pill.
    */
   constructor({ api, user, device, mode = "auto", onEntries, onGap, onState }) {
@@ -40,6 +41,7 @@ export class SyncClient {
     this.transport = null;
     this.probeTimer = null;
     this.stopped = false;
+    this.caughtUp = false;
   }
 
   start() {
@@ -116,8 +118,9 @@ export class SyncClient {
 
   handlePage({ fresh, gap, again }) {
     if (gap) this.onGap?.();
-    if (fresh.length) this.onEntries(fresh);
-    if (again) this.transport?.nudge();
+    if (fresh.length) this.onEntries(fresh, { catchingUp: !this.caughtUp });
+    if (!again) this.caughtUp = true;
+    else this.transport?.nudge();
   }
 
   // -- requests ------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 
 import { formatBytes, formatTime, h, hue, initials } from "./util.js";
 import { isGroupConv, peerOf } from "./state.js";
+import { linkify } from "./linkify.js";
+import { isPreviewable } from "./images.js";
 
 const MARKS = { pending: "◷", sent: "✓", delivered: "✓✓", read: "✓✓", failed: "!" };
 const MARK_LABELS = { pending: "sending", sent: "sent", delivered: "delivered", read: "read", failed: "not sent" };
@@ -73,21 +75,36 @@ function dayLabel(ms) {
   return d.toLocaleDateString([], { weekday: "long", day: "numeric", month: "long" });
 }
 
-function messageContent(message, { onDownload }) {
+function messageContent(message, { onDownload, images, onOpenImage }) {
   if (message.kind === "file") {
     const info = fileInfo(message);
     if (info) {
-      const link = h("a", {
-        href: "#", class: "file", "aria-label": `Download ${info.name}`,
-        onclick: (event) => { event.preventDefault(); onDownload(info); },
-      },
-      h("span", { class: "file-icon", "aria-hidden": "true" }, fileIcon()),
-      h("span", {}, h("span", { class: "file-name" }, info.name), h("br"),
-        h("span", { class: "file-size" }, [formatBytes(info.size), info.type].filter(Boolean).join(" · "))));
-      return [link];
+      const card = fileCard(info, onDownload);
+      const url = images && isPreviewable(info) ? images.url(info) : false;
+      return url === false ? [card] : [imagePreview(info, url, onOpenImage), card];
     }
   }
-  return [String(message.body ?? "")];
+  return linkify(String(message.body ?? ""));
+}
+
+function fileCard(info, onDownload) {
+  return h("a", {
+    href: "#", class: "file", "aria-label": `Download ${info.name}`,
+    onclick: (event) => { event.preventDefault(); onDownload(info); },
+  },
+  h("span", { class: "file-icon", "aria-hidden": "true" }, fileIcon()),
+  h("span", { class: "file-text" }, h("span", { class: "file-name" }, info.name),
+    h("span", { class: "file-size" }, [formatBytes(info.size), info.type].filter(Boolean).join(" · "))));
+}
+
+/** A picture's thumbnail (a placeholder while `url` is null); a click opens it full size. */
+function imagePreview(info, url, onOpenImage) {
+  const image = h("img", { class: "file-image", alt: info.name, dataset: { fileId: info.id } });
+  if (url) image.src = url;
+  return h("button", {
+    type: "button", class: `image-preview${url ? "" : " loading"}`, "aria-label": `Open ${info.name} full size`,
+    disabled: !url, onclick: () => onOpenImage(info, url),
+  }, image);
 }
 
 function fileIcon() {
@@ -124,7 +141,7 @@ function messageKey(message) {
  * The whole message log of one conversation (re-rendered on change; a few hundred items at most).
  * Only messages new since the last render of the same conversation get the entry animation.
  */
-export function renderMessages(list, conv, { me, group, onRetry, onRemove, onDownload }) {
+export function renderMessages(list, conv, { me, group, onRetry, onRemove, onDownload, images, onOpenImage }) {
   const previous = list.renderedConv === conv.id ? list.renderedKeys : null;
   const keys = new Set();
   const children = [];
@@ -147,7 +164,8 @@ export function renderMessages(list, conv, { me, group, onRetry, onRemove, onDow
       dataset: { msgId: message.msg_id ?? "", clientMsgId: message.client_msg_id ?? "", from: message.from, ...(state ? { state } : {}) },
     },
     group && !mine && lastFrom !== message.from ? h("span", { class: "sender" }, message.from) : null,
-    h("div", { class: "bubble" }, h("span", { class: "text" }, ...messageContent(message, { onDownload })), meta),
+    h("div", { class: `bubble${message.kind === "file" ? " media" : ""}` },
+      h("span", { class: "text" }, ...messageContent(message, { onDownload, images, onOpenImage })), meta),
     state === "failed" ? failure(message, { onRetry, onRemove }) : null);
     if (group && !mine) item.style.setProperty("--h", hue(message.from));
     const key = messageKey(message);

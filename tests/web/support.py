@@ -30,8 +30,14 @@ class WebUser:
 
     @classmethod
     async def open(cls, browser: Any, base_url: str, name: str, *, transport: str | None = None,
-                   viewport: dict[str, int] | None = None) -> WebUser:
-        context = await browser.new_context(viewport=viewport or {"width": 1100, "height": 720})
+                   viewport: dict[str, int] | None = None, permissions: list[str] | None = None,
+                   init_script: str | None = None) -> WebUser:
+        """A new browser context (a device of its own) on the client's page; ``permissions`` are granted
+        to it and ``init_script`` runs in the page before the client's own scripts."""
+        context = await browser.new_context(viewport=viewport or {"width": 1100, "height": 720},
+                                            permissions=permissions or [])
+        if init_script:
+            await context.add_init_script(init_script)
         page = await context.new_page()
         user = cls(context, page, name)
         page.on("console", lambda msg: user.console_errors.append(msg.text) if msg.type == "error" else None)
