@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -28,8 +29,10 @@ __all__ = ["InboxWriter"]
 log = logging.getLogger(__name__)
 
 # A duplicate client_msg_id racing in, or a seq another node took first, stops a batch; what was not
-# stored is re-checked and written again. A writer of a hot inbox may lose a few races in a row; more
-# rounds than this means something else is wrong.
+# stored is re-checked and written again. Rounds lost to duplicates are bounded by count: more than
+# this means something else is wrong. Rounds lost to other writers' seqs are bounded by the store's
+# time bound instead: each such loss is another writer's progress, so a hot inbox written from several
+# nodes always moves, however many rounds one writer loses on a starved host.
 MAX_WRITE_ROUNDS = 10
 # After losing two races in a row (a lease should have given this node its turn: Redis may be down),
 # pauses grow from this, doubling, up to the cap, at random within each, so the writers' turns spread.
@@ -58,7 +61,10 @@ class InboxWriter:
         ``news`` gets the heads, epochs and entries of what this call stored.
         """
         receipts: dict[tuple[str, str], Receipt] = {}
-        for round_ in range(MAX_WRITE_ROUNDS):
+        deadline = time.monotonic() + self._store.timeout_secs
+        uncontended_rounds = 0
+        round_ = 0
+        while True:
             # Optimistic: the first round writes without looking for stored duplicates (retries are rare
             # and the unique index catches them); only after a rejection are the stored receipts read.
             if round_ > 0:
@@ -77,12 +83,14 @@ class InboxWriter:
                 receipts.update(again.written.receipts)
                 log.info("a batch of %d was stored in part (%d): %s; writing the rest again",
                          len(fresh), len(again.written.receipts), again.reason)
+                uncontended_rounds += 0 if again.contended else 1
+                if uncontended_rounds >= MAX_WRITE_ROUNDS or time.monotonic() >= deadline:
+                    raise StoreUnavailable(
+                        "the messages could not be stored (inbox seqs or client_msg_ids kept colliding "
+                        "with other writes); retry with the same client_msg_id") from None
                 if again.contended and round_ > 0:
                     await asyncio.sleep(contention_pause(round_, random.random()))
-
-        else:
-            raise StoreUnavailable("the messages could not be stored (inbox seqs or client_msg_ids kept "
-                                   "colliding with other writes); retry with the same client_msg_id")
+                round_ += 1
         out: list[Receipt] = []
         first_of: set[tuple[str, str]] = set()
         for draft in drafts:
