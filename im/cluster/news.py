@@ -8,7 +8,9 @@ many of that node's users it entered:
 
 Every batch's heads also go to every node (``{"w": {user: [seq, epoch]}, "f": node}``), whoever holds
 the users: a node that writes an inbox next then numbers from its real head instead of meeting the
-other node's keys (a sender's inbox takes delivered receipts from the readers' nodes, for one).
+other node's keys (a sender's inbox takes delivered receipts from the readers' nodes, for one). A node
+that lost a race sends ``{"w": {}, "c": [user, ...], "f": node}`` the same way: those inboxes are
+contested, and writers check their turns (``im/delivery/leases.py``).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["InboxNews", "Message", "decode_heads", "decode_news", "encode_heads", "encode_news",
-           "merge_heads"]
+__all__ = ["InboxNews", "Message", "decode_heads", "decode_news", "encode_contested", "encode_heads",
+           "encode_news", "merge_heads"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ class InboxNews:
     epochs: dict[str, str] = field(default_factory=dict)
     # The committed entries of each inbox, in seq order (bodies in clear); an inbox may have none here.
     entries: dict[str, list[Message]] = field(default_factory=dict)
+    # Inboxes another node lost a race for (and took a lease on): writers here check its turn first.
+    contested: list[str] = field(default_factory=list)
 
     def add(self, user: str, epoch: str, messages: list[Message]) -> None:
         """``messages`` (consecutive, in seq order) were committed to ``user``'s inbox."""
@@ -91,9 +95,15 @@ def encode_heads(news: InboxNews, *, node_id: str) -> str:
                       separators=(",", ":"))
 
 
+def encode_contested(users: Iterable[str], *, node_id: str) -> str:
+    """The message telling every node that ``node_id`` lost a race for ``users``' inboxes."""
+    return json.dumps({"w": {}, "c": list(users), "f": node_id}, separators=(",", ":"))
+
+
 def decode_heads(message: Mapping[str, Any]) -> InboxNews:
-    """The heads of a message made by :func:`encode_heads`, as news without entries."""
-    news = InboxNews()
+    """The heads (and contested inboxes) of a message made by :func:`encode_heads` or
+    :func:`encode_contested`, as news without entries."""
+    news = InboxNews(contested=[str(u) for u in message.get("c", [])])
     for user, (seq, epoch) in message["w"].items():
         news.heads[str(user)] = int(seq)
         if epoch:

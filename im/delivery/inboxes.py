@@ -65,6 +65,7 @@ class Inboxes:
         book = self._seqs.book
         for user, head in news.heads.items():
             book.learn(user, head, news.epochs.get(user))
+        self._seqs.others_write([*news.heads, *news.contested])
         if self._cache is not None:
             for user, messages in news.entries.items():
                 epoch = news.epochs.get(user)

@@ -14,7 +14,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Protocol
 
@@ -23,7 +23,9 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
+from im.cluster.news import encode_contested
 from im.cluster.redis_keys import RedisKeys
+from im.lru import LruDict
 from im.storage.store import Store, store_errors, utcnow
 
 __all__ = ["LEASE_SECS", "InboxLeases", "LocalLeases", "NoLeases", "RedisLeases", "StoreLeases"]
@@ -36,6 +38,11 @@ LEASE_SECS = 0.1
 LEASES_COLLECTION = "leases"
 # How often a writer looks again whether a lease it waits on was released.
 LEASE_POLL_SECS = 0.002
+# An inbox another node wrote, or lost a race for, this recently is checked for leases before a write;
+# the others are written without asking (a lease is a turn, never needed for correctness).
+CONTESTED_SECS = 1.0
+# Inboxes whose last write elsewhere is remembered.
+CONTESTED_INBOXES = 100_000
 
 
 class InboxLeases(Protocol):
@@ -49,6 +56,9 @@ class InboxLeases(Protocol):
     async def release(self, users: Sequence[str]) -> None:
         """Give up this node's leases on ``users``."""
 
+    def others_write(self, users: Iterable[str]) -> None:
+        """Another node wrote ``users``' inboxes or lost a race for them: their turns matter for a while."""
+
 
 class NoLeases:
     """The only writer never loses a race to another node."""
@@ -60,6 +70,9 @@ class NoLeases:
         pass
 
     async def release(self, users: Sequence[str]) -> None:
+        pass
+
+    def others_write(self, users: Iterable[str]) -> None:
         pass
 
 
@@ -94,6 +107,9 @@ class LocalLeases:
             if (lease := self._table.get(user)) is not None and lease[0] == self._node_id:
                 del self._table[user]
 
+    def others_write(self, users: Iterable[str]) -> None:
+        pass  # every inbox is checked: the table is in memory
+
 
 class StoreLeases:
     """Leases as documents of the store's ``leases`` collection: slower than Redis, there when Redis is
@@ -123,10 +139,18 @@ class StoreLeases:
         async with store_errors("releasing inbox leases"):
             await self._leases.delete_many({"_id": {"$in": list(users)}, "node": self._node_id})
 
+    def others_write(self, users: Iterable[str]) -> None:
+        pass  # every inbox is checked: no bus tells this node which are contested while Redis is down
+
 
 class RedisLeases:
     """Leases as Redis keys (``SET PX``), one per inbox, read in one pipelined round trip; while Redis
-    cannot be reached, in the store (``fallback``)."""
+    cannot be reached, in the store (``fallback``).
+
+    Only contested inboxes are read: those another node wrote or lost a race for in the last
+    :data:`CONTESTED_SECS` (every node's heads come over the bus, and a node that takes a lease says
+    so there). An inbox only this node writes then costs no Redis command per write.
+    """
 
     def __init__(self, redis: Redis | RedisCluster, keys: RedisKeys, node_id: str,
                  fallback: InboxLeases | None = None) -> None:
@@ -135,6 +159,16 @@ class RedisLeases:
         self._node_id = node_id
         self._fallback = fallback or NoLeases()
         self._failing = False
+        self._contested: LruDict[str, float] = LruDict(CONTESTED_INBOXES)
+
+    def others_write(self, users: Iterable[str]) -> None:
+        now = time.monotonic()
+        for user in users:
+            self._contested.put(user, now)
+
+    def _contested_of(self, users: Sequence[str]) -> list[str]:
+        since = time.monotonic() - CONTESTED_SECS
+        return [u for u in users if (at := self._contested.get(u)) is not None and at >= since]
 
     async def _held_by_others(self, users: Sequence[str]) -> bool:
         try:
@@ -150,19 +184,27 @@ class RedisLeases:
         return any(holder is not None and holder != mine for holder in holders)
 
     async def wait_turn(self, users: Sequence[str]) -> None:
-        await _wait_while(functools.partial(self._held_by_others, users), until=time.monotonic() + LEASE_SECS)
         if self._failing:  # Redis could not be read: turns are taken in the store meanwhile
             await self._fallback.wait_turn(users)
+            return
+        contested = self._contested_of(users)
+        if contested:
+            await _wait_while(functools.partial(self._held_by_others, contested),
+                              until=time.monotonic() + LEASE_SECS)
 
     async def take(self, users: Sequence[str]) -> None:
         if self._failing:
             await self._fallback.take(users)
             return
+        self.others_write(users)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for user in users:
                     pipe.set(self._keys.lease(user), self._node_id, px=int(LEASE_SECS * 1000))
                 await pipe.execute()
+            # The node that won the race may not have seen this node write these inboxes: tell it.
+            await self._redis.publish(self._keys.heads_channel,
+                                      encode_contested(users, node_id=self._node_id))
         except (RedisError, OSError) as exc:
             self._note_failure(exc)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import pymongo
 from pymongo.errors import BulkWriteError
@@ -50,6 +50,10 @@ class Seqs:
     def known(self, user: str) -> Head | None:
         """``user``'s head and epoch when a reader may answer from memory, else None."""
         return self.book.trusted(user)
+
+    def others_write(self, users: Iterable[str]) -> None:
+        """Another node wrote these inboxes (or lost a race for them): their turns matter."""
+        self._leases.others_write(users)
 
     async def heads(self, users: Sequence[str], *, fresh: bool = False) -> dict[str, Head]:
         """The heads of ``users`` as readers may trust them (``fresh``: read from the store)."""
