@@ -17,6 +17,7 @@ import { PeerDirectory } from "./peers.js";
 import { readConversationIndex } from "./conversation_index.js";
 import { ImagePreviews, openImageViewer, wireImageViewer } from "./images.js";
 import { DesktopNotifications, renderNotificationToggle } from "./notifications.js";
+import { refreshGroupMarks } from "./receipt_marks.js";
 import { randomId, storage } from "./util.js";
 
 const USER_ID = /^[a-z0-9_.-]{1,32}$/;
@@ -327,11 +328,22 @@ class Session {
     $("composer-input").focus();
     this.scheduleReadReport();
     const conv = this.state.conv(convId);
-    if (this.features.history && !conv.historyLoaded) this.loadHistory(convId);
-    else if (this.gapSeen && !this.features.history) this.showGapNotice();
+    const loaded = this.features.history && !conv.historyLoaded ? this.loadHistory(convId) : Promise.resolve();
+    if (!this.features.history && this.gapSeen) this.showGapNotice();
+    if (isGroupConv(convId)) loaded.then(() => this.refreshGroupMarks(convId));
     if (isGroupConv(convId)) this.groups.ensureLoaded(convId);
     const peer = peerOf(convId, this.me);
     if (peer) this.checkPeer(peer);
+  }
+
+  /** My newest group messages' marks from the server, for what this device's inbox never told it. */
+  async refreshGroupMarks(convId) {
+    if (!this.features.receiptSummary || this.ended) return;
+    let changed = false;
+    await refreshGroupMarks(this.api, this.state.conv(convId), this.me, (msgId, summary) => {
+      changed = this.state.applyReceiptSummary(convId, msgId, summary) || changed;
+    });
+    if (changed && convId === this.activeId) this.renderMessages();
   }
 
   /** Ask for one person's presence at once (the list refreshes only every PRESENCE_EVERY_MS). */

@@ -30,6 +30,7 @@ export function featuresFrom(paths) {
     // REST equivalent of the WebSocket `read` frame (used on long-poll).
     receipts: any(/receipt|\/read$/),
     readPath: [...paths].find((p) => /\/read$/.test(p) && !p.includes("{")) ?? null,
+    receiptSummary: any(/^\/api\/v1\/messages\/\{[^}]+\}\/receipts$/),
     paths,
   };
 }

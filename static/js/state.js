@@ -234,6 +234,31 @@ export class ChatState {
     return convId;
   }
 
+  /**
+   * The server's receipt summary of one of my messages ({delivered: {users}, read: {users}}): who has
+   * it and who read it, merged with what this device heard. Returns whether anything changed.
+   */
+  applyReceiptSummary(convId, msgId, summary) {
+    const message = this.conversations.get(convId)?.messages.find((m) => m.msg_id === msgId && m.from === this.me);
+    if (!message || !summary) return false;
+    let changed = false;
+    for (const [status, field] of [["delivered", "deliveredBy"], ["read", "readBy"]]) {
+      const users = Array.isArray(summary[status]?.users) ? summary[status].users.map(String) : [];
+      const known = new Set(message[field] ?? []);
+      const added = users.filter((u) => !known.has(u));
+      if (added.length) {
+        message[field] = [...known, ...added];
+        changed = true;
+      }
+      if ((users.length || summary[status]?.count > 0) && MARK_RANK[status] > (MARK_RANK[message.state] ?? 0)) {
+        message.state = status;
+        changed = true;
+      }
+    }
+    if (changed) this.scheduleSave();
+    return changed;
+  }
+
   /** My messages up to the peer's read marker show as read (one-to-one). */
   applyPeerRead(conv) {
     if (!conv.peerRead) return;

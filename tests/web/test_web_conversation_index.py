@@ -14,7 +14,7 @@ import pytest
 from playwright.async_api import expect
 
 from handlers.openapi import OPENAPI_PATH
-from tests.helpers import PASSWORD, Node
+from tests.helpers import PASSWORD, Node, eventually
 from tests.web.support import UI_TIMEOUT_MS, WebUser, screenshots
 
 PAGE_OF_TWO = 2  # the test asks for tiny pages, so the client must follow next_before
@@ -34,6 +34,11 @@ async def take_everything(node: Node, token: str) -> None:
         if not pulled.body["more"]:
             break
     assert (await node.ack(token, head)).status == 200
+
+
+async def unread_on_server(node: Node, token: str, conv: str) -> int | None:
+    listed = await node.request("GET", "/api/v1/conversations", token=token)
+    return next((c["unread"] for c in listed.body["conversations"] if c["conv"] == conv), None)
 
 
 async def small_pages(route: Any) -> None:
@@ -77,9 +82,11 @@ async def test_a_fresh_device_lists_every_conversation_with_its_state(node: Node
         await laptop.expect_messages(["dinner?", "see you at 8"])
         await expect(laptop.page.locator("#message-list li.msg.mine")).to_have_attribute(
             "data-state", "read", timeout=UI_TIMEOUT_MS)
-        await laptop.open_chat("bob")  # reported read: the server's marker moves
+        await laptop.open_chat("bob")
         await laptop.expect_messages(["hi dan", "are you coming?"])
         await expect(laptop.conversation("bob")).to_have_accessible_name("Chat with bob")
+        await eventually(lambda: unread_on_server(node, dan_phone, "d:bob:dan"), until=lambda n: n == 0,
+                         timeout_secs=UI_TIMEOUT_MS / 1000, what="the read reported to the server")
         await screenshots(laptop.page, artifacts_dir, "fresh-device-chat")
         assert laptop.console_errors == []
     finally:
@@ -92,3 +99,38 @@ async def test_a_fresh_device_lists_every_conversation_with_its_state(node: Node
         assert tablet.console_errors == []
     finally:
         await tablet.close()
+
+
+async def test_a_fresh_device_shows_who_read_my_group_messages(node: Node, browser: Any) -> None:
+    """Receipts that reached another device are asked from the server when the group opens."""
+    if "\n  /api/v1/conversations:" not in OPENAPI_PATH.read_text():
+        pytest.skip("the server does not list conversations yet (GET /api/v1/conversations)")
+    olga_phone = await node.user("olga", device="phone")
+    pete, quinn = await node.user("pete"), await node.user("quinn")
+    group = await node.request("POST", "/api/v1/groups", token=olga_phone,
+                               json_body={"name": "Crew", "members": ["pete", "quinn"]})
+    assert group.status == 201
+    sent = []
+    for text in ("boat at 10", "bring snacks"):
+        reply = await node.request("POST", "/api/v1/messages", token=olga_phone, json_body={
+            "group": group.body["group"], "body": text, "client_msg_id": f"crew-{len(sent)}"})
+        assert reply.status == 201
+        sent.append(reply.body["msg_id"])
+    await read(node, pete, *sent)
+    await read(node, quinn, sent[0])
+    await take_everything(node, olga_phone)
+
+    laptop = await WebUser.open(browser, node.base_url, "olga")
+    try:
+        await laptop.sign_in(PASSWORD)
+        await laptop.open_chat("Crew")
+        await laptop.expect_messages(["boat at 10", "bring snacks"])
+        mine = laptop.page.locator("#message-list li.msg.mine")
+        for message in (mine.nth(0), mine.nth(1)):
+            await expect(message).to_have_attribute("data-state", "read", timeout=UI_TIMEOUT_MS)
+        marks = mine.locator(".mark")
+        await expect(marks.nth(0)).to_have_attribute("title", "read by pete, quinn")
+        await expect(marks.nth(1)).to_have_attribute("title", "read by pete")
+        assert laptop.console_errors == []
+    finally:
+        await laptop.close()
