@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import unquote
 
 from handlers.base import ApiHandler
-from im.errors import InvalidInput, NotFoundError
-from im.protocol import parse_ack, parse_pull, parse_send, read_device, read_str, read_user_id
+from handlers.errors import http_status
+from im.errors import ImError, InvalidInput, NotFoundError
+from im.models import Receipt
+from im.protocol import (
+    parse_ack,
+    parse_pull,
+    parse_send,
+    parse_send_batch,
+    read_device,
+    read_str,
+    read_user_id,
+)
 
 __all__ = ["InboxAckHandler", "InboxHandler", "MessagesHandler", "TokensHandler", "UserHandler",
            "UsersHandler"]
+
+# Messages one batch send may carry (the whole request also stays within IM_MAX_BODY_BYTES).
+MAX_SEND_BATCH = 100
 
 
 class UsersHandler(ApiHandler):
@@ -58,10 +72,25 @@ class TokensHandler(ApiHandler):
 
 class MessagesHandler(ApiHandler):
     async def post(self) -> None:
+        """One message, or with ``{"messages": [...]}`` a batch: each item's receipt or error, in order."""
         principal = self.principal
-        request = parse_send(self.json_body(), max_text_chars=self.settings_.max_text_chars)
+        body = self.json_body()
+        if "messages" in body:
+            requests = parse_send_batch(body, max_items=MAX_SEND_BATCH,
+                                        max_text_chars=self.settings_.max_text_chars)
+            outcomes = await self.service.send_many(principal, requests)
+            self.reply({"results": [_outcome(o, principal.user) for o in outcomes]})
+            return
+        request = parse_send(body, max_text_chars=self.settings_.max_text_chars)
         receipt = await self.service.send(principal, request)
         self.reply(receipt.to_dict(sender=principal.user), status=200 if receipt.duplicate else 201)
+
+
+def _outcome(outcome: Receipt | ImError, sender: str) -> dict[str, Any]:
+    """A batch item's answer, with the status the same send alone would have got."""
+    if isinstance(outcome, ImError):
+        return {"status": http_status(outcome), "error": outcome.to_dict()}
+    return {"status": 200 if outcome.duplicate else 201, "receipt": outcome.to_dict(sender=sender)}
 
 
 class InboxHandler(ApiHandler):

@@ -262,6 +262,23 @@ def parse_send(source: Mapping[str, Any], *, max_text_chars: int) -> SendRequest
     )
 
 
+def parse_send_batch(source: Mapping[str, Any], *, max_items: int, max_text_chars: int
+                     ) -> list[SendRequest | InvalidInput]:
+    """The ``messages`` of a batch send, each parsed on its own: a malformed item is its own error
+    in the answer, and the others are still sent."""
+    items = _read_list(source, "messages", max_items=max_items)
+    if not items:
+        raise InvalidInput("messages must hold at least one message", field="messages")
+    parsed: list[SendRequest | InvalidInput] = []
+    for index, item in enumerate(items):
+        try:
+            message = _check_object(item, f"messages[{index}]")
+            parsed.append(parse_send(message, max_text_chars=max_text_chars))
+        except InvalidInput as exc:
+            parsed.append(exc)
+    return parsed
+
+
 def read_group_id(source: Mapping[str, Any], name: str = "group") -> str:
     return read_str(source, name, max_chars=64, pattern=GROUP_ID_PATTERN,
                     pattern_help="must be a group id (1-64 characters of A-Z, a-z, 0-9, '_', '-')")

@@ -26,6 +26,7 @@ from im.delivery.hub import Hub, InboxListener
 from im.delivery.inboxes import Inboxes
 from im.delivery.receiving import Receiver
 from im.delivery.sending import BeforeNotifyFn, Sender
+from im.errors import ImError
 from im.limits import Limits
 from im.models import AckResult, PullResult, Receipt
 from im.ops.metrics import Metrics
@@ -132,6 +133,11 @@ class MessagingService:
     async def send(self, principal: Principal, request: SendRequest) -> Receipt:
         """Store a one-to-one or group message durably, notify, and return its receipt."""
         return await (await self._sender.queue_send(principal, request))
+
+    async def send_many(self, principal: Principal, requests: Sequence[SendRequest | ImError]
+                        ) -> list[Receipt | ImError]:
+        """A batch of sends: each one's receipt or error, in order (they share group commits)."""
+        return await self._sender.send_many(principal, requests)
 
     async def queue_send(self, principal: Principal, request: SendRequest, *,
                          before_notify: BeforeNotifyFn | None = None) -> asyncio.Future[Receipt]:

@@ -58,6 +58,8 @@ def check(value: Any, schema: dict[str, Any], where: str = "$") -> list[str]:
     problems: list[str] = []
     for part in schema.get("allOf", []):
         problems += check(value, part, where)
+    if "oneOf" in schema and all(check(value, part, where) for part in schema["oneOf"]):
+        problems.append(f"{where}: matches none of its oneOf schemas")
     if "enum" in schema and value not in schema["enum"]:
         problems.append(f"{where}: {value!r} not in {schema['enum']}")
     if isinstance(value, str) and "pattern" in schema and not re.search(schema["pattern"], value):
@@ -85,6 +87,8 @@ def test_checker_catches_mismatches() -> None:
     assert check({"messages": [{"seq": "1"}], "next": 0, "head": 0, "epoch": "e", "gap": False}, page)
     assert check({"error": {"code": 1, "message": "m"}}, {"$ref": "#/components/schemas/Error"})
     assert check({"msg_id": 1}, {"nullable": True, "allOf": [{"$ref": "#/components/schemas/ArchivedMessage"}]})
+    assert check({"results": 1}, {"oneOf": [{"$ref": "#/components/schemas/Receipt"},
+                                            {"$ref": "#/components/schemas/SendBatchResults"}]})
 
 
 # -- the spec covers the application ------------------------------------------------------------------
@@ -311,6 +315,9 @@ CASES: dict[tuple[str, str], list[Call]] = {
         lambda w: w.node.request("DELETE", "/api/v1/tokens?devices=all", token=w.spare),
     ],
     ("post", "/api/v1/messages"): [
+        lambda w: w.node.request("POST", "/api/v1/messages", token=w.alice, json_body={"messages": [
+            {"to": "bob", "body": "batched", "client_msg_id": "batch-1"},
+            {"to": "nobody", "body": "x", "client_msg_id": "batch-2"}]}),
         lambda w: w.node.send(w.alice, "bob", "hello", client_msg_id="c1"),
         lambda w: w.node.send(w.alice, "bob", "hello", client_msg_id="c1"),  # 200 duplicate
         lambda w: w.node.send(w.alice, "nobody", "hello"),  # 404

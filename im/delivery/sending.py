@@ -18,6 +18,7 @@ from im.conversations.receipts import RECEIPT_KIND
 from im.conversations.service import Conversations, Target
 from im.delivery.batching import GroupCommitter
 from im.delivery.inboxes import Inboxes
+from im.errors import ImError
 from im.limits import Limits
 from im.models import Draft, Receipt
 from im.ops.metrics import Metrics
@@ -65,6 +66,32 @@ class Sender:
         if request.kind == "file":
             body = await conversations.attachment(sender, target.conv, request.body)
         return self._enqueue(sender, request, target, body, before_notify)
+
+    async def send_many(self, principal: Principal, requests: Sequence[SendRequest | ImError]
+                        ) -> list[Receipt | ImError]:
+        """Send a batch for an API caller: each request checked and queued in order (so they share
+        group commits, and one conversation's messages keep their order), then every receipt awaited.
+        Each outcome is the receipt or the error of that request alone; an error given in
+        ``requests`` (an item that did not parse) is passed through."""
+        queued: list[asyncio.Future[Receipt] | ImError] = []
+        for request in requests:
+            if isinstance(request, ImError):
+                queued.append(request)
+                continue
+            try:
+                queued.append(await self.queue_send(principal, request))
+            except ImError as exc:
+                queued.append(exc)
+        outcomes: list[Receipt | ImError] = []
+        for item in queued:
+            if isinstance(item, ImError):
+                outcomes.append(item)
+                continue
+            try:
+                outcomes.append(await item)
+            except ImError as exc:
+                outcomes.append(exc)
+        return outcomes
 
     def queue_send_nowait(self, principal: Principal, request: SendRequest, *,
                           before_notify: BeforeNotifyFn | None = None) -> asyncio.Future[Receipt] | None:
