@@ -11,7 +11,7 @@ import tornado.web
 from config import Settings
 from handlers.errors import http_status
 from im.accounts.tokens import Principal, parse_bearer
-from im.errors import AuthError, ImError, TooLarge
+from im.errors import AuthError, ImError, RateLimited, TooLarge
 from im.ops.logging_setup import REQUEST_ID, request_id_from
 from im.protocol import decode_json_body
 from im.service import MessagingService
@@ -58,6 +58,7 @@ class ApiHandler(tornado.web.RequestHandler):
         self._auth_error: AuthError | None = None
         self._body = bytearray()
         self._body_too_large = False
+        self._refused = False
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
@@ -82,7 +83,11 @@ class ApiHandler(tornado.web.RequestHandler):
             self.set_header("Access-Control-Allow-Origin", origin)
             self.set_header("Vary", "Origin")
         if self.request.method != "OPTIONS":
-            self.service.check_client(self.request.remote_ip or "")
+            try:
+                self.service.check_client(self.request.remote_ip or "")
+            except RateLimited as refused:
+                self._refuse_after_body(refused)
+                return
         declared = self.request.headers.get("Content-Length", "0")
         self._body_too_large = declared.isdigit() and int(declared) > self.settings_.max_body_bytes
         header = self.request.headers.get("Authorization")
@@ -94,8 +99,19 @@ class ApiHandler(tornado.web.RequestHandler):
             except AuthError as error:
                 self._auth_error = error
 
+    def _refuse_after_body(self, error: ImError) -> None:
+        """Answer ``error`` once the request's body has been read (and dropped), not now: a reply sent
+        before the body would make the server close the connection while the client is still writing
+        it, so a client over its limit would see its connection dropped instead of a 429."""
+        self._refused = True
+
+        def refuse(*_args: Any) -> None:
+            raise error
+
+        setattr(self, (self.request.method or "get").lower(), refuse)
+
     def data_received(self, chunk: bytes) -> None:
-        if self._body_too_large:
+        if self._body_too_large or self._refused:
             return
         self._body += chunk
         if len(self._body) > self.settings_.max_body_bytes:
