@@ -174,7 +174,6 @@ class Session {
           if (!id) continue;
           previousActivity = Math.min(previousActivity, this.state.conv(id).lastActivity || previousActivity);
           if (summary.peer) this.peers.known(summary.peer);
-          if (isGroupConv(id)) this.groups.noticeConversation(id);
         }
         this.renderConversations();
         this.renderTitle();
@@ -330,8 +329,10 @@ class Session {
     const conv = this.state.conv(convId);
     const loaded = this.features.history && !conv.historyLoaded ? this.loadHistory(convId) : Promise.resolve();
     if (!this.features.history && this.gapSeen) this.showGapNotice();
-    if (isGroupConv(convId)) loaded.then(() => this.refreshGroupMarks(convId));
-    if (isGroupConv(convId)) this.groups.ensureLoaded(convId);
+    if (isGroupConv(convId)) {
+      this.groups.ensureLoaded(convId);
+      loaded.then(() => this.refreshGroupMarks(convId));
+    }
     const peer = peerOf(convId, this.me);
     if (peer) this.checkPeer(peer);
   }
