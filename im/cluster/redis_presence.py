@@ -280,10 +280,11 @@ class RedisPresence:
                         continue
                 key = self._keys.presence(user)
                 if count > 0:
-                    if full or self._written.get(user) != count:
-                        pipe.hset(key, self.node_id, encode_entry(self.boot, count))
-                        pipe.zadd(node_users, {user: 0})
-                        pipe.pexpire(node_users, self._ttl_ms)  # a node dying before its next beat
+                    if not full and self._written.get(user) == count:
+                        continue  # as written (a long-poll between two polls): the next beat refreshes it
+                    pipe.hset(key, self.node_id, encode_entry(self.boot, count))
+                    pipe.zadd(node_users, {user: 0})
+                    pipe.pexpire(node_users, self._ttl_ms)  # a node dying before its next beat
                     pipe.pexpire(key, self._ttl_ms)
                     plan.append((user, count))
                 else:
