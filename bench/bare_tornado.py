@@ -5,6 +5,11 @@ no storage, no auth and no seq: what Tornado alone costs per delivered frame.
 ``{t: join, g}`` joins a group, ``{t: send, to, body, rid}`` pushes ``{t: msg, from, to, body}`` to every
 socket of ``to`` (a user, or ``g:<name>``: every member but the sender) and replies ``{t: sent, rid}``.
 The pushed frame is encoded once and written to each socket, as a fan-out server would.
+
+The REST baseline (``bench/rest.py``): ``POST /api/v1/messages`` with ``{to, body, client_msg_id}`` and
+``Authorization: Bearer <user>`` (the bearer is the sender's name: no auth) pushes the same frame to
+``to``'s sockets and answers a receipt shaped like ours (201, ``{msg_id, client_msg_id, to, seq,
+duplicate}``): the framework's cost of the REST send job with no storage.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
+import json
 import signal
 import sys
 from collections import defaultdict
@@ -30,6 +37,18 @@ class Registry:
     def __init__(self) -> None:
         self.sockets: defaultdict[str, set[PushSocket]] = defaultdict(set)
         self.groups: defaultdict[str, set[str]] = defaultdict(set)
+        # One number per accepted REST message: a receipt has a seq, as ours does.
+        self.seqs = itertools.count(1)
+
+    def push(self, sender: str, to: str, body: str) -> None:
+        """Encode the frame once and write it to every socket of ``to`` (a user, or ``g:<name>``: every
+        member but the sender)."""
+        targets = self.groups[to] - {sender} if to.startswith("g:") else {to}
+        payload = msgpack.packb({"t": "msg", "from": sender, "to": to, "body": body})
+        for user in targets:
+            for sock in tuple(self.sockets.get(user, ())):
+                with contextlib.suppress(tornado.websocket.WebSocketClosedError):
+                    sock.write_message(payload, binary=True)
 
 
 class PushSocket(tornado.websocket.WebSocketHandler):
@@ -51,13 +70,7 @@ class PushSocket(tornado.websocket.WebSocketHandler):
             self.registry.groups["g:" + frame["g"]].add(self.user)
             reply: dict[str, Any] = {"t": "joined"}
         elif kind == "send":
-            to = frame["to"]
-            targets = self.registry.groups[to] - {self.user} if to.startswith("g:") else {to}
-            payload = msgpack.packb({"t": "msg", "from": self.user, "to": to, "body": frame["body"]})
-            for user in targets:
-                for sock in tuple(self.registry.sockets.get(user, ())):
-                    with contextlib.suppress(tornado.websocket.WebSocketClosedError):
-                        sock.write_message(payload, binary=True)
+            self.registry.push(self.user, frame["to"], frame["body"])
             reply = {"t": "sent"}
         else:
             reply = {"t": "error"}
@@ -74,8 +87,29 @@ class PushSocket(tornado.websocket.WebSocketHandler):
                 del self.registry.sockets[self.user]
 
 
+class RestSend(tornado.web.RequestHandler):
+    """``POST /api/v1/messages``: push the body to the recipient's sockets, answer a receipt."""
+
+    def initialize(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def post(self) -> None:
+        sender = self.request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        fields: dict[str, Any] = json.loads(self.request.body)
+        self.registry.push(sender, fields["to"], fields["body"])
+        seq = next(self.registry.seqs)
+        self.set_status(201)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"msg_id": str(seq), "client_msg_id": fields.get("client_msg_id"),
+                                "to": fields["to"], "seq": seq, "duplicate": False}))
+
+
 def make_app() -> tornado.web.Application:
-    return tornado.web.Application([(r"/ws", PushSocket, {"registry": Registry()})])
+    registry = Registry()
+    return tornado.web.Application([
+        (r"/ws", PushSocket, {"registry": registry}),
+        (r"/api/v1/messages", RestSend, {"registry": registry}),
+    ])
 
 
 async def serve(port: int) -> None:
