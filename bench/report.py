@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.cluster import JOBS as CLUSTER_JOBS
+from bench.markdown import fmt as _fmt
+from bench.markdown import pct as _pct
+from bench.markdown import table as _table
+from bench.markdown import times as _times
+from bench.markdown import yes as _yes
 from bench.profile import LOOP_FRAMES
 from bench.stats import ratio
 
@@ -27,22 +32,6 @@ RECEIVERS = (("ws", "WebSocket"), ("longpoll", "long-poll"))
 OP_KINDS = ("insert", "query", "update", "delete", "command")
 # The profile of the server before the performance work (``--profile-label before`` wrote it).
 STORED_BEFORE_PROFILE = Path(__file__).resolve().parent / "results" / "profile-before.json"
-
-
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
-    return [*lines, ""]
 
 
 def _steps(results: dict[str, Any], key: str) -> list[dict[str, Any]]:
@@ -299,10 +288,6 @@ def _limit_note(results: dict[str, Any]) -> list[str]:
     ]
 
 
-def _times(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:,.2f}x"
-
-
 def _pool_row(idle: dict[str, Any]) -> list[tuple[Any, ...]]:
     """The idle table's last row: once the store driver closed the connections the burst opened."""
     pool = idle.get("after_pool")
@@ -320,10 +305,6 @@ def _descriptors_back(idle: dict[str, Any]) -> str:
     return (f" The server's descriptors were {pool['fds']} (before the phase: {idle['before']['fds']}) "
             f"{_fmt(idle['fds_back_secs'])} s later: the store driver closes the connections the burst "
             "of logins opened once they are unused for `IM_MONGO_MAX_IDLE_SECS`.")
-
-
-def _yes(ok: bool) -> str:
-    return "yes" if ok else "**no**"
 
 
 def _store_section(results: dict[str, Any]) -> list[str]:
@@ -989,10 +970,6 @@ def _side_by_side(before: dict[str, Any] | None, after: dict[str, Any], key: str
         a = right[rank] if rank < len(right) else ("", math.nan)
         rows.append((rank + 1, b[0], _pct(b[1]), a[0], _pct(a[1])))
     return _table(("#", "before: function", "share", "after (this run): function", "share"), rows)
-
-
-def _pct(share: float) -> str:
-    return "" if math.isnan(share) else f"{share:.1%}"
 
 
 def _profile_section(prof: dict[str, Any], before: dict[str, Any] | None) -> list[str]:
