@@ -45,7 +45,7 @@ from imclient.errors import ApiError, ConnectionFailed
 from imclient.keepalive import KeepAliveConnection
 from imclient.policy import CALL_TIMEOUT_SECS
 
-__all__ = ["Ledger", "RestSender", "main"]
+__all__ = ["Books", "Ledger", "Measure", "RestSender", "SendStats", "main", "make_body", "round_result"]
 
 log = logging.getLogger("bench.closedloop")
 
@@ -240,7 +240,7 @@ def _window(ledger: Ledger, stats: SendStats) -> float:
     return max(1e-9, (end_ns - stats.first_send_ns) / 1e9) if stats.first_send_ns else 0.0
 
 
-def _round_result(ledger: Ledger, stats: SendStats, *, lost: int, expected: int) -> dict[str, Any]:
+def round_result(ledger: Ledger, stats: SendStats, *, lost: int, expected: int) -> dict[str, Any]:
     secs = _window(ledger, stats)
     return {
         **stats.as_dict(),
@@ -366,7 +366,7 @@ async def pairs(spec: dict[str, Any], http: tornado.httpclient.AsyncHTTPClient) 
         expected = sum(len(seqs) for seqs in acked.values())
         await ledger.wait(expected, drain_secs)
         lost = ledger.lost(acked, lambda sender: [partner[sender]])
-        return _round_result(ledger, stats, lost=lost, expected=expected)
+        return round_result(ledger, stats, lost=lost, expected=expected)
 
     warm, result, reconnects = await _warm_then_measure(
         spec, lambda: one_round("w", 1, spec.get("warmup_secs", WARMUP_SECS)),
@@ -424,7 +424,7 @@ async def group(spec: dict[str, Any], http: tornado.httpclient.AsyncHTTPClient) 
         sending_secs = time.monotonic() - started
         expected = sum(len(seqs) for seqs in acked.values()) * (len(users) - 1)
         await ledger.wait(expected, drain_secs)
-        result = _round_result(ledger, stats, lost=ledger.lost(acked, others), expected=expected)
+        result = round_result(ledger, stats, lost=ledger.lost(acked, others), expected=expected)
         result.update({"group_messages": count, "rate": rate, "sending_secs": sending_secs})
         return result
 

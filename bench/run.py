@@ -9,7 +9,8 @@ The baselines' servers (bare Tornado, python-socketio) and the load generators a
 own; only one server is up at a time, so no measurement competes with another, except in the last part
 (``bench/cluster.py``), which measures one node against a local 2-node cluster (two servers and a Redis).
 
-    .venv/bin/python -m bench.run --skip baselines,ours,profile,idle,storm   # the scale-out part only
+    .venv/bin/python -m bench.run --skip baselines,ours,profile,idle,storm,rest   # the scale-out part only
+    .venv/bin/python -m bench.run --skip baselines,ours,group,profile,idle,storm,cluster   # the REST part
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from bench import cluster, profile, report
+from bench import cluster, profile, report, rest
 from bench.accounts import create_users, mint_tokens
 from bench.idle import measure_idle, server_metrics
 from bench.procs import (
@@ -94,6 +95,13 @@ class Sizes:
     cluster_group_rate: float
     cluster_group_secs: float
     cluster_drain_secs: float
+    # The REST part (bench/rest.py): REST senders next to SDK senders on one node, and bare Tornado.
+    rest_senders: int
+    rest_rates: list[float]
+    rest_step_secs: float
+    rest_drain_secs: float
+    rest_messages: int
+    rest_profile_secs: float
 
 
 FULL = Sizes(
@@ -123,6 +131,12 @@ FULL = Sizes(
     cluster_group_rate=5,
     cluster_group_secs=20,
     cluster_drain_secs=30,
+    rest_senders=20,
+    rest_rates=[100, 300, 1000],
+    rest_step_secs=5,
+    rest_drain_secs=15,
+    rest_messages=150,
+    rest_profile_secs=6,
 )
 QUICK = Sizes(
     chat_pairs=4,
@@ -151,6 +165,12 @@ QUICK = Sizes(
     cluster_group_rate=4,
     cluster_group_secs=1,
     cluster_drain_secs=20,
+    rest_senders=3,
+    rest_rates=[20, 40],
+    rest_step_secs=1,
+    rest_drain_secs=10,
+    rest_messages=10,
+    rest_profile_secs=1,
 )
 
 
@@ -304,7 +324,7 @@ class Bench:
 
     def run(self) -> dict[str, Any]:
         s = self.sizes
-        parts = 13 + cluster.STEPS
+        parts = 13 + rest.STEPS + cluster.STEPS
         with (
             ExitStack() as stack,
             tqdm(total=parts, unit="step", dynamic_ncols=True, disable=self.args.no_progress) as progress,
@@ -387,6 +407,12 @@ class Bench:
                 self.done()
             finally:
                 proc.stop()
+
+            # API callers: REST senders next to SDK senders on one node, then on bare Tornado.
+            if "rest" not in self.skip:
+                self.part("rest", lambda: rest.measure(self))
+            else:
+                progress.update(rest.STEPS)
 
             # One node, then a local 2-node cluster (a Redis and two servers on this store): the
             # same closed-loop job, and a group written from both nodes.
@@ -654,7 +680,7 @@ def parse_args(argv: list[str] | None) -> tuple[Sizes, argparse.Namespace]:
         "--skip",
         default="",
         help="comma-separated parts to leave out: baselines, ours (its chat and group), group, "
-        "profile, idle, storm, cluster (the report then lacks their tables)",
+        "profile, idle, storm, rest, cluster (the report then lacks their tables)",
     )
     parser.add_argument(
         "--profile-label", default="", help="also save the profile summary as profile-LABEL.json"
