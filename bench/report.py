@@ -15,6 +15,7 @@ from bench.markdown import table as _table
 from bench.markdown import times as _times
 from bench.markdown import yes as _yes
 from bench.profile import LOOP_FRAMES
+from bench.report_rest import rest_section, rest_summary_rows
 from bench.stats import ratio
 
 __all__ = ["TARGETS", "headline", "write"]
@@ -228,6 +229,8 @@ def _markdown(results: dict[str, Any], plots: list[str], before: dict[str, Any] 
             ),
         ],
     )
+    if "rest" in results:
+        md = md[:-1] + _table(("", "", "", ""), rest_summary_rows(results))[2:-1] + [""]
     if "cluster" in results:
         md = md[:-1] + _cluster_summary_rows(h) + [""]
     failures = results.get("failures", {})
@@ -247,6 +250,7 @@ def _markdown(results: dict[str, Any], plots: list[str], before: dict[str, Any] 
     md += _group_section(results)
     md += _idle_section(results)
     md += _storm_section(results)
+    md += rest_section(results)
     md += _scaleout_section(results)
     md += _profile_section(results.get("profile", {}), before)
     md += _durations_section(results)
@@ -1058,6 +1062,10 @@ def _method(sizes: dict[str, Any]) -> list[str]:
         "- Scale-out (`bench/cluster.py`, load from `bench/closedloop.py`): one node, then two nodes "
         "sharing the run's store and a `redis-server` started for the part (no nginx: each client talks "
         "to its node directly); closed-loop REST senders and SDK receivers in one load-generator process.",
+        "- REST senders (`bench/rest.py`, load from `bench/restload.py`): one node, then bare Tornado; one "
+        "load-generator process per receiver transport holds the receivers, the SDK senders and the REST "
+        "senders' connections; CPU, store opcounters and the server's `epoll_wait` calls (`perf stat`) "
+        "are read around each round.",
         f"- Sizes: `{json.dumps(sizes)}`. Change any with its flag (`python -m bench.run --help`).",
         "",
     ]

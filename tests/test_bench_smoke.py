@@ -48,6 +48,8 @@ def test_quick_run_writes_the_report_with_every_table(tmp_path: Path) -> None:
         "## Where the server's time goes",
         "## Scale-out: one node and two",
         "### A group written from both nodes",
+        "## REST senders (API callers) next to the SDK",
+        "### Where a REST send's time goes",
     ):
         assert heading in report, heading
     assert "## Parts that failed" not in report, report
@@ -78,3 +80,34 @@ def test_quick_run_writes_the_report_with_every_table(tmp_path: Path) -> None:
     for row in job_rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert int(cells[1].replace(",", "")) > 0 and float(cells[2].replace(",", "")) > 0, row
+    _assert_rest_part_delivered_everything(report)
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _number(cell: str) -> float:
+    return float(cell.replace(",", ""))
+
+
+def _assert_rest_part_delivered_everything(report: str) -> None:
+    """Every round of the REST part (paced REST and SDK senders, WebSocket and long-poll receivers; the
+    closed loops, ours and bare Tornado's) delivered each acknowledged send once, in order."""
+    part = report.split("## REST senders (API callers) next to the SDK", 1)[1].split("\n## ", 1)[0]
+    paced = part.split("### Paced", 1)[1].split("REST send -> receipt against", 1)[0]
+    paced_rows = [_cells(line) for line in paced.splitlines() if line.startswith(("| WebSocket", "| long-poll"))]
+    # Two rates, two kinds of sender, two kinds of receiver; columns: ... sends acked (5), delivered (6),
+    # ... lost (12), duplicated (13), reordered (14).
+    assert len(paced_rows) == 8, paced
+    for cells in paced_rows:
+        assert _number(cells[5]) > 0 and cells[5] == cells[6], cells
+        assert cells[12:15] == ["0", "0", "0"], cells
+    closed = part.split("### Closed loop", 1)[1].split("\n### ", 1)[0]
+    closed_rows = [_cells(line) for line in closed.splitlines() if line.startswith(("| ours", "| bare"))]
+    # Ours with WebSocket receivers (and its round under py-spy), with long-poll receivers, bare Tornado;
+    # columns: sends acked (1), delivered (2), ... lost (8), duplicated (9), reordered (10).
+    assert len(closed_rows) == 4, closed
+    for cells in closed_rows:
+        assert _number(cells[1]) > 0 and cells[1] == cells[2], cells
+        assert cells[8:11] == ["0", "0", "0"], cells
