@@ -122,6 +122,7 @@ class Cluster:
 
     async def start(self, *, kick_local: KickLocalFn, learn: LearnFn) -> None:
         self._bus.on_kick = kick_local
+        self._bus.on_heads = self._hub.deliver_unless_told
         await self.presence.start()
         await self._bus.start(self._hub.deliver, learn)
 

@@ -2,9 +2,11 @@
 
 ``publish`` delivers to this node's hub directly, then routes the batch's news to the *other* nodes
 that hold each recipient: one pipelined read of the recipients' presence hashes (see
-``im/cluster/redis_presence.py``), then one message per target node with the heads, epochs and (bounded)
-entries of the users it holds (``im/cluster/news.py``). Nodes that hold none of the users receive
-nothing. No script: keys are read one by one, so presence spreads over a Redis Cluster's slots.
+``im/cluster/redis_presence.py``; answers are remembered for a moment, ``holders.py``), then one message
+per target node with the heads, epochs and (bounded) entries of the users it holds
+(``im/cluster/news.py``), then the batch's heads to every node (``im:heads``). A node that holds a user
+the routing did not know of yet notifies it from ``im:heads`` (``on_heads``). No script: keys are read
+one by one, so presence spreads over a Redis Cluster's slots.
 
 A notify is a hint, so Redis trouble never reaches the sender: ``publish`` never raises, an outage is
 logged once (and its end once), and heads that could not be published are kept (merged by user, max
@@ -32,6 +34,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from im.cluster.bus import DeliverFn, LearnFn
+from im.cluster.holders import HolderCache
 from im.cluster.news import InboxNews, decode_heads, decode_news, encode_heads, encode_news
 from im.cluster.redis_keys import RedisKeys
 
@@ -72,6 +75,9 @@ class RedisBus:
     ) -> None:
         self.node_id = node_id
         self.on_kick: KickFn | None = None  # set by the topology once the node's connections exist
+        # Set by the topology: told every other node's heads, for users whose routed notify did not come.
+        self.on_heads: DeliverFn | None = None
+        self._holder_cache = HolderCache()
         self._redis = redis
         self._keys = keys
         self._on_resubscribed = on_resubscribed
@@ -146,19 +152,24 @@ class RedisBus:
             self._came_back()
 
     async def _holders(self, users: list[str]) -> dict[str, list[str]]:
-        """The other nodes holding each of ``users``: node -> its users (presence, one round trip per
-        chunk)."""
-        per_node: dict[str, list[str]] = {}
-        for start in range(0, len(users), ROUTE_CHUNK_USERS):
-            chunk = users[start:start + ROUTE_CHUNK_USERS]
+        """The other nodes holding each of ``users``: node -> its users (presence, remembered for a
+        moment, see ``holders.py``; one round trip per chunk of the rest)."""
+        now = self._clock()
+        known, missing = self._holder_cache.split(users, now)
+        for start in range(0, len(missing), ROUTE_CHUNK_USERS):
+            chunk = missing[start:start + ROUTE_CHUNK_USERS]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for user in chunk:
                     pipe.hkeys(self._keys.presence(user))
                 holders = await pipe.execute()
             for user, nodes in zip(chunk, holders, strict=True):
-                for node in _texts(nodes):
-                    if node != self.node_id:
-                        per_node.setdefault(node, []).append(user)
+                others = tuple(node for node in _texts(nodes) if node != self.node_id)
+                self._holder_cache.put(user, others, now)
+                known[user] = others
+        per_node: dict[str, list[str]] = {}
+        for user in users:
+            for node in known[user]:
+                per_node.setdefault(node, []).append(user)
         return per_node
 
     async def publish_kick(self, user: str, before: float) -> None:
@@ -225,6 +236,7 @@ class RedisBus:
 
     async def _after_subscribe(self) -> None:
         """Notifies may have been lost while unsubscribed: restore presence, resend held heads, poke."""
+        self._holder_cache.clear()
         if self._on_resubscribed is not None:
             await self._on_resubscribed()
         await self._flush()
@@ -233,8 +245,13 @@ class RedisBus:
         try:
             message = json.loads(data)
             if isinstance(message.get("w"), dict):
-                if self._learn is not None and message.get("f") != self.node_id:
-                    self._learn(decode_heads(message))  # for writers: no listener is told
+                if message.get("f") != self.node_id:
+                    heads = decode_heads(message)
+                    if self._learn is not None:
+                        self._learn(heads)
+                    if self.on_heads is not None:
+                        for user, seq in heads.heads.items():
+                            self.on_heads(user, seq)
                 return
             if isinstance(message.get("h"), dict):
                 news = decode_news(message)

@@ -65,6 +65,8 @@ class ConnectionTable:
 class Hub:
     def __init__(self) -> None:
         self.table = ConnectionTable()
+        # Per user with listeners here: the highest seq they were told (see deliver_unless_told).
+        self._told: dict[str, int] = {}
 
     def add(self, user: str, listener: InboxListener) -> float:
         """Register ``listener``; return its wall-clock connect time (the login policy's order)."""
@@ -74,15 +76,30 @@ class Hub:
 
     def remove(self, user: str, listener: InboxListener) -> bool:
         """Forget ``listener``; False if it was not registered."""
-        return self.table.remove(user, listener, now=time.monotonic()) is not None
+        left = self.table.remove(user, listener, now=time.monotonic())
+        if left == 0:
+            self._told.pop(user, None)
+        return left is not None
 
     def deliver(self, user: str, seq: int) -> None:
         """Tell every local listener of ``user`` that the inbox reached ``seq``."""
-        for listener in tuple(self.table.connections.get(user, ())):
+        listeners = self.table.connections.get(user)
+        if not listeners:
+            return
+        if seq > self._told.get(user, 0):
+            self._told[user] = seq
+        for listener in tuple(listeners):
             try:
                 listener.inbox_changed(seq)
             except Exception:
                 log.exception("listener of %s failed on notify", user)
+
+    def deliver_unless_told(self, user: str, seq: int) -> None:
+        """A head heard on the all-nodes channel: tell ``user``'s listeners here unless a routed notify
+        (published before it) already did, as when the writer's routing did not know yet that the
+        user is connected here."""
+        if seq > self._told.get(user, 0) and user in self.table.connections:
+            self.deliver(user, seq)
 
     def going_away(self) -> None:
         """The node is shutting down: ask every listener that can to end itself (sockets close with
