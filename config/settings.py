@@ -105,6 +105,12 @@ class Settings:
     rate_ip_burst: int = _setting(200, "burst of requests per client address")
     rate_send_per_sec: float = _setting(10.0, "sustained messages per user")
     rate_send_burst: int = _setting(30, "burst of messages per user")
+    rate_register_per_sec: float = _setting(
+        0.17, "sustained registrations per client address, checked before the password is hashed")
+    rate_register_burst: int = _setting(3, "burst of registrations per client address")
+    rate_login_per_sec: float = _setting(
+        0.5, "sustained login attempts per client address, checked before the password is hashed")
+    rate_login_burst: int = _setting(10, "burst of login attempts per client address")
     login_max_failures: int = _setting(10, "failed logins per user id (and 5x that per address) per window")
     login_failure_window_secs: float = _setting(300.0, "window over which failed logins are counted")
     max_connections_per_user: int = _setting(

@@ -30,7 +30,8 @@ class UsersHandler(ApiHandler):
     async def post(self) -> None:
         body = self.json_body()
         user = read_user_id(body, "user")
-        await self.service.register(user, read_str(body, "password", max_chars=4096))
+        await self.service.register(user, read_str(body, "password", max_chars=4096),
+                                    client_ip=self.request.remote_ip or "")
         self.reply({"user": user}, status=201)
 
 

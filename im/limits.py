@@ -81,6 +81,9 @@ class Limits:
 
     per_ip: RateLimiter | None = None
     sends_per_user: RateLimiter | None = None
+    # Taken before any password is hashed: a refused attempt costs the node no hash.
+    registrations_per_ip: RateLimiter | None = None
+    logins_per_ip: RateLimiter | None = None
     login_failures_per_user: RateLimiter | None = None
     login_failures_per_ip: RateLimiter | None = None
     max_connections_per_user: int = 0  # 0: unlimited

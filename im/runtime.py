@@ -35,6 +35,10 @@ def limits_from(settings: Settings) -> Limits:
         per_ip=Limits.limiter("requests per address", settings.rate_ip_per_sec, settings.rate_ip_burst),
         sends_per_user=Limits.limiter("messages per user", settings.rate_send_per_sec,
                                       settings.rate_send_burst),
+        registrations_per_ip=Limits.limiter("registrations per address", settings.rate_register_per_sec,
+                                            settings.rate_register_burst),
+        logins_per_ip=Limits.limiter("logins per address", settings.rate_login_per_sec,
+                                     settings.rate_login_burst),
         login_failures_per_user=Limits.limiter("failed logins per user", failures_per_sec,
                                                settings.login_max_failures),
         login_failures_per_ip=Limits.limiter("failed logins per address", failures_per_sec * 5,
@@ -100,6 +104,7 @@ def _service(settings: Settings, mongo_url: str, topology: Topology, hub: Hub) -
     keys = keyring_from(settings, store.db[KEYS_COLLECTION])
     limits = limits_from(settings)
     users = UserStore(store)
+    accounts = Accounts(users, tokens, limits)
     cache = InboxCache(max_entries=settings.inbox_cache_entries) if settings.inbox_cache_entries > 0 else None
     inboxes = Inboxes(
         store, topology.seq_allocator(store), device_idle_secs=settings.device_idle_secs,
@@ -111,7 +116,7 @@ def _service(settings: Settings, mongo_url: str, topology: Topology, hub: Hub) -
         max_group_members=settings.group_max_members, file_max_bytes=settings.file_max_bytes,
     )
     return MessagingService(
-        store=store, topology=topology, hub=hub, accounts=Accounts(users, tokens, limits), inboxes=inboxes,
+        store=store, topology=topology, hub=hub, accounts=accounts, inboxes=inboxes,
         conversations=conversations, limits=limits, metrics=metrics,
         webhooks=webhooks_from(settings, metrics),
         login_policy=settings.login_policy, commit_max_batch=settings.commit_max_batch,

@@ -110,8 +110,8 @@ class MessagingService:
 
     # -- accounts -------------------------------------------------------------------------------------
 
-    async def register(self, user: str, password: str) -> None:
-        await self._accounts.register(user, password)
+    async def register(self, user: str, password: str, *, client_ip: str = "") -> None:
+        await self._accounts.register(user, password, client_ip=client_ip)
 
     async def login(self, user: str, password: str, device: str, *, client_ip: str = "") -> tuple[str, int]:
         return await self._accounts.login(user, password, device, client_ip=client_ip)

@@ -63,10 +63,13 @@ def make_settings(mongo_url: str, db_name: str, data_dir: Path, **overrides: Any
         "jwt_secret": TEST_JWT_SECRET,
         "port": free_port(),
         "write_concern": "1",
-        # Every test client comes from 127.0.0.1 and many send in bursts: the per-address and per-user
-        # send rates are off unless a test turns them on (tests/handlers/test_limits.py does).
+        # Every test client comes from 127.0.0.1 and many send in bursts: the per-address rates (requests,
+        # registrations, logins) and the per-user send rate are off unless a test turns them on
+        # (tests/handlers/test_limits.py does).
         "rate_ip_per_sec": 0.0,
         "rate_send_per_sec": 0.0,
+        "rate_register_per_sec": 0.0,
+        "rate_login_per_sec": 0.0,
     }
     values.update(overrides)
     return load_settings(environ={}, **values)

@@ -35,8 +35,12 @@ class Accounts:
     async def start(self) -> None:
         self._dummy_hash = await hash_password(_DUMMY_HASH_PASSWORD)
 
-    async def register(self, user: str, password: str) -> None:
+    async def register(self, user: str, password: str, *, client_ip: str = "") -> None:
+        """Create ``user``; registrations per address are limited before the password is hashed, so
+        a burst of them costs the node no hashing."""
         _check_password(password)
+        if self._limits.registrations_per_ip is not None:
+            self._limits.registrations_per_ip.check(client_ip)
         await self.users.create(user, await hash_password(password))
         log.info("registered user %s", user)
 
@@ -44,7 +48,8 @@ class Accounts:
         """Return ``(token, expires_at)``; the same error for an unknown user as for a wrong password.
 
         Failed attempts are throttled per user id and per client address (brute-force protection);
-        while throttled even the right password is refused, so guessing cannot go on.
+        while throttled even the right password is refused, so guessing cannot go on. Attempts of any
+        outcome are limited per address too, before the password is hashed.
         """
         limits = self._limits
         throttles = ((limits.login_failures_per_user, user), (limits.login_failures_per_ip, client_ip))
@@ -52,6 +57,8 @@ class Accounts:
             if limiter is not None and (wait := limiter.blocked_for(key)) > 0:
                 raise RateLimited(f"too many failed logins; retry in {wait:.0f} s", retry_after_secs=wait,
                                   code="login_throttled")
+        if limits.logins_per_ip is not None:
+            limits.logins_per_ip.check(client_ip)
         stored = await self.users.credentials(user)
         if stored is None:
             await verify_password(password, self._dummy_hash or "")

@@ -1,9 +1,16 @@
-"""Abuse limits over real HTTP/WebSocket: 429 with Retry-After, login throttling, connection caps."""
+"""Abuse limits over real HTTP/WebSocket: 429 with Retry-After, registration and login limits per
+address, login throttling, connection caps."""
 
 from __future__ import annotations
 
+import asyncio
+import http.client
+import json
+
+import tornado.httpclient
+
 from tests.conftest import make_settings
-from tests.helpers import Node
+from tests.helpers import PASSWORD, Node
 
 
 async def test_send_rate_per_user_gives_429_with_retry_after(mongo, db_name, tmp_path) -> None:
@@ -104,3 +111,80 @@ async def test_each_websocket_send_counts_once_against_the_rate_whichever_way_it
             assert replies[-1]["code"] == "rate_limited"
     finally:
         await node.stop()
+
+
+def _post_twice_on_one_connection(port: int, path: str, bodies: list[dict]) -> tuple[list[int], bool]:
+    """POST ``bodies`` one after the other on one keep-alive connection; return the statuses and whether
+    the server kept that connection open throughout (a refusal must not cost the client its connection)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    statuses, sockets = [], []
+    try:
+        for body in bodies:
+            connection.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            statuses.append(response.status)
+            sockets.append(connection.sock)
+    finally:
+        connection.close()
+    return statuses, all(s is not None and s is sockets[0] for s in sockets)
+
+
+async def _post_from(port: int, source_ip: str, path: str, body: dict) -> int:
+    """POST from another loopback address: per-address limits must not count it with 127.0.0.1."""
+    client = tornado.httpclient.AsyncHTTPClient(force_instance=True)
+    try:
+        response = await client.fetch(f"http://127.0.0.1:{port}{path}", method="POST", body=json.dumps(body),
+                                      network_interface=source_ip, raise_error=False)
+    finally:
+        client.close()
+    return response.code
+
+
+async def test_registrations_per_address_are_limited_and_the_connection_stays(mongo, db_name, tmp_path) -> None:
+    node = await Node.start(make_settings(mongo.url, db_name, tmp_path, rate_register_per_sec=0.01,
+                                          rate_register_burst=2))
+    try:
+        statuses = [(await node.register(f"u{i}")).status for i in range(3)]
+        assert statuses == [201, 201, 429]
+        refused = await node.register("u3")
+        assert refused.status == 429 and refused.error_code == "rate_limited" and refused.body["error"]["message"]
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert await node.service.store.users.count_documents({}) == 2
+        # Two refusals in a row on one connection: answered, and the connection is kept.
+        bodies = [{"user": f"k{i}", "password": "long password"} for i in range(2)]
+        assert await asyncio.to_thread(_post_twice_on_one_connection, node.port, "/api/v1/users", bodies) == (
+            [429, 429], True)
+        # Another address has a bucket of its own.
+        assert await _post_from(node.port, "127.0.0.2", "/api/v1/users",
+                                {"user": "elsewhere", "password": "long password"}) == 201
+    finally:
+        await node.stop()
+
+
+async def test_login_attempts_per_address_are_limited_even_with_the_right_password(mongo, db_name, tmp_path) -> None:
+    node = await Node.start(make_settings(mongo.url, db_name, tmp_path, rate_login_per_sec=0.01,
+                                          rate_login_burst=3))
+    try:
+        await node.register("alice")
+        body = {"user": "alice", "password": PASSWORD}
+        statuses = [(await node.request("POST", "/api/v1/tokens", json_body=body)).status for _ in range(4)]
+        assert statuses == [201, 201, 201, 429]
+        refused = await node.request("POST", "/api/v1/tokens", json_body=body)
+        assert refused.status == 429 and refused.error_code == "rate_limited"
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert await _post_from(node.port, "127.0.0.2", "/api/v1/tokens", body) == 201
+    finally:
+        await node.stop()
+
+
+async def test_zero_switches_the_registration_and_login_limits_off(mongo, db_name, tmp_path) -> None:
+    node = await Node.start(make_settings(mongo.url, db_name, tmp_path, rate_register_per_sec=0.0,
+                                          rate_register_burst=1, rate_login_per_sec=0.0, rate_login_burst=1))
+    try:
+        assert [(await node.register(f"u{i}")).status for i in range(5)] == [201] * 5
+        for _ in range(5):
+            await node.login("u0")  # asserts the 201
+    finally:
+        await node.stop()
+
