@@ -111,6 +111,10 @@ class Settings:
     rate_login_per_sec: float = _setting(
         0.5, "sustained login attempts per client address, checked before the password is hashed")
     rate_login_burst: int = _setting(10, "burst of login attempts per client address")
+    password_hash_concurrency: int = _setting(
+        1, "password hashes computed at once, a core each (the rest of the cores carry messages)")
+    password_hash_queue: int = _setting(
+        16, "logins and registrations waiting for a hashing slot; more get 429 auth_busy with Retry-After")
     login_max_failures: int = _setting(10, "failed logins per user id (and 5x that per address) per window")
     login_failure_window_secs: float = _setting(300.0, "window over which failed logins are counted")
     max_connections_per_user: int = _setting(
@@ -183,7 +187,7 @@ class Settings:
             "device_idle_secs", "max_devices_per_user", "commit_max_batch", "commit_max_in_flight",
             "max_body_bytes",
             "max_frame_bytes", "max_text_chars", "jwt_ttl_secs", "store_timeout_secs",
-            "ws_write_timeout_secs", "head_save_secs", "head_trust_secs",
+            "ws_write_timeout_secs", "head_save_secs", "head_trust_secs", "password_hash_concurrency",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -211,7 +215,7 @@ class Settings:
         self._validate_webhooks()
         self._validate_conversations()
         for name in ("presence_linger_secs", "ack_linger_secs", "trim_interval_secs", "inbox_cache_entries",
-                     "mongo_max_idle_secs"):
+                     "mongo_max_idle_secs", "password_hash_queue"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must not be negative")
         return self

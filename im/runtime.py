@@ -8,6 +8,7 @@ from pathlib import Path
 
 from config import Settings
 from im.accounts.accounts import Accounts
+from im.accounts.passwords import PasswordHasher
 from im.accounts.tokens import TokenIssuer
 from im.accounts.users import UserStore
 from im.conversations.keys import KEYS_COLLECTION, keyring_from
@@ -104,7 +105,9 @@ def _service(settings: Settings, mongo_url: str, topology: Topology, hub: Hub) -
     keys = keyring_from(settings, store.db[KEYS_COLLECTION])
     limits = limits_from(settings)
     users = UserStore(store)
-    accounts = Accounts(users, tokens, limits)
+    hasher = PasswordHasher(concurrency=settings.password_hash_concurrency,
+                            max_waiting=settings.password_hash_queue)
+    accounts = Accounts(users, tokens, limits, hasher)
     cache = InboxCache(max_entries=settings.inbox_cache_entries) if settings.inbox_cache_entries > 0 else None
     inboxes = Inboxes(
         store, topology.seq_allocator(store), device_idle_secs=settings.device_idle_secs,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from im.accounts.passwords import MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, hash_password, verify_password
+from im.accounts.passwords import MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, PasswordHasher, hash_password
 from im.accounts.tokens import Principal, TokenIssuer
 from im.accounts.users import TokenVersions, UserStore
 from im.errors import AuthError, InvalidInput, RateLimited
@@ -25,10 +25,11 @@ _DUMMY_HASH_PASSWORD = "not-a-real-password"
 
 
 class Accounts:
-    def __init__(self, users: UserStore, tokens: TokenIssuer, limits: Limits) -> None:
+    def __init__(self, users: UserStore, tokens: TokenIssuer, limits: Limits, hasher: PasswordHasher) -> None:
         self.users = users
         self._tokens = tokens
         self._limits = limits
+        self._hasher = hasher
         self._token_versions: LruDict[str, tuple[TokenVersions, float]] = LruDict(TOKEN_VERSION_CACHE_SIZE)
         self._dummy_hash: str | None = None
 
@@ -41,7 +42,7 @@ class Accounts:
         _check_password(password)
         if self._limits.registrations_per_ip is not None:
             self._limits.registrations_per_ip.check(client_ip)
-        await self.users.create(user, await hash_password(password))
+        await self.users.create(user, await self._hasher.hash(password))
         log.info("registered user %s", user)
 
     async def login(self, user: str, password: str, device: str, *, client_ip: str = "") -> tuple[str, int]:
@@ -59,12 +60,13 @@ class Accounts:
                                   code="login_throttled")
         if limits.logins_per_ip is not None:
             limits.logins_per_ip.check(client_ip)
+        self._hasher.refuse_if_full()  # before the store read: a login that cannot hash is not worth one
         stored = await self.users.credentials(user)
         if stored is None:
-            await verify_password(password, self._dummy_hash or "")
+            await self._hasher.verify(password, self._dummy_hash or "")
             ok = False
         else:
-            ok = await verify_password(password, stored.password_hash)
+            ok = await self._hasher.verify(password, stored.password_hash)
         if stored is None or not ok:
             for limiter, key in throttles:
                 if limiter is not None:

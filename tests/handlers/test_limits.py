@@ -1,5 +1,5 @@
 """Abuse limits over real HTTP/WebSocket: 429 with Retry-After, registration and login limits per
-address, login throttling, connection caps."""
+address, login throttling, bounded password hashing, connection caps."""
 
 from __future__ import annotations
 
@@ -188,3 +188,22 @@ async def test_zero_switches_the_registration_and_login_limits_off(mongo, db_nam
     finally:
         await node.stop()
 
+
+async def test_logins_beyond_the_hashing_queue_are_refused_at_once_with_retry_after(
+        mongo, db_name, tmp_path) -> None:
+    node = await Node.start(make_settings(mongo.url, db_name, tmp_path, password_hash_concurrency=1,
+                                          password_hash_queue=0))
+    attempts = 30
+    client = tornado.httpclient.AsyncHTTPClient(force_instance=True, max_clients=attempts)
+    try:
+        responses = await asyncio.gather(*(client.fetch(
+            f"{node.base_url}/api/v1/tokens", method="POST", raise_error=False,
+            body=json.dumps({"user": f"nobody{i}", "password": "wrong guess"})) for i in range(attempts)))
+        statuses = [r.code for r in responses]
+        assert set(statuses) == {401, 429}, statuses  # every one answered: checked, or refused
+        for refused in (r for r in responses if r.code == 429):
+            assert json.loads(refused.body)["error"]["code"] == "auth_busy"
+            assert int(refused.headers["Retry-After"]) >= 1
+    finally:
+        client.close()
+        await node.stop()
