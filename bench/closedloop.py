@@ -180,10 +180,12 @@ class Ledger:
             self._complete.set()
 
     async def wait(self, expected: int, timeout_secs: float) -> None:
-        """Until ``expected`` distinct deliveries arrived, or the timeout (the rest is lost)."""
+        """Until ``expected`` distinct deliveries arrived, or the timeout (the rest is lost). May be
+        called again with a larger ``expected`` (a round sent in slices waits after each)."""
         self._expected = expected
         if self.delivered >= expected:
             return
+        self._complete.clear()  # set by an earlier, smaller ``expected``
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._complete.wait(), max(0.01, timeout_secs))
 

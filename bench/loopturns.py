@@ -5,15 +5,21 @@ bounces through callbacks and timers; the server exposes no loop counter. Every 
 (libuv's ``uv__io_poll``) and of asyncio's selector loop makes one ``epoll_wait``-family call (libuv
 makes more only when one call returns 1,024 ready descriptors, or is interrupted), so counting those
 calls of every thread of the process counts turns (``epoll_ctl`` is not counted: it registers, it
-does not wait).
-The counting is in-kernel (a tracepoint counter, no ptrace, no stop of the process), so the measured
-process runs as it would. Needs ``perf`` and the right to trace the process (root, or
-``perf_event_paranoid`` allowing it); without them the figure is "not measured", never a guess.
+does not wait). The counting is in-kernel (a tracepoint counter, no ptrace, no stop of the process),
+so the measured process runs as it would.
+
+perf starts with its counters off (``-D -1``) and is switched on and off through its control pipe
+(``--control``, perf >= 5.9), so one perf process counts a measurement made of several windows (a
+paced round sent in slices) and attaching (~0.3 s) happens once, outside every window. Needs ``perf``
+and the right to trace the process (root, or ``perf_event_paranoid`` allowing it); without them the
+figure is "not measured", never a guess.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import select
 import shutil
 import signal
 import subprocess
@@ -26,8 +32,10 @@ __all__ = ["LoopTurns"]
 # The syscalls one loop turn makes one of (which one depends on the loop and the libc).
 WAIT_SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
 TRACEFS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
-# perf needs a moment to attach before the counted window starts.
+# perf needs a moment to attach before it can be switched on.
 ATTACH_SECS = 0.3
+# perf acknowledges a switch at once; longer means it is gone.
+ACK_TIMEOUT_SECS = 5.0
 STOP_TIMEOUT_SECS = 10.0
 
 
@@ -43,13 +51,15 @@ def _events() -> list[str]:
 
 
 class LoopTurns:
-    """Counts ``pid``'s epoll waits between :meth:`start` and :meth:`stop`; ``stop`` returns the count,
-    or None when it could not be counted (``error`` says why)."""
+    """Counts ``pid``'s epoll waits while switched on (:meth:`resume` ... :meth:`pause`, any number
+    of times) between :meth:`start` and :meth:`stop`; ``stop`` returns the count, or None when it
+    could not be counted (``error`` says why). Blocking calls: run them off the event loop."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.error = ""
         self._proc: subprocess.Popen[bytes] | None = None
+        self._ctl = self._ack = -1
         self._out = Path(tempfile.mkstemp(prefix="loopturns-", suffix=".csv")[1])
 
     def start(self) -> LoopTurns:
@@ -58,18 +68,47 @@ class LoopTurns:
         if perf is None or not events:
             self.error = "perf is not installed" if perf is None else "no syscall tracepoints (tracefs)"
             return self
-        self._proc = subprocess.Popen(
-            [perf, "stat", "-x", ",", "-e", ",".join(events), "-p", str(self.pid), "-o", str(self._out)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        ctl_read, self._ctl = os.pipe()
+        self._ack, ack_write = os.pipe()
+        try:
+            self._proc = subprocess.Popen(
+                [perf, "stat", "-x", ",", "-e", ",".join(events), "-p", str(self.pid), "-D", "-1",
+                 "--control", f"fd:{ctl_read},{ack_write}", "-o", str(self._out)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                pass_fds=(ctl_read, ack_write),
+            )
+        finally:
+            os.close(ctl_read)
+            os.close(ack_write)
         time.sleep(ATTACH_SECS)
         if self._proc.poll() is not None:
-            self.error = f"perf stat exited with code {self._proc.returncode} (no right to trace?)"
-            self._proc = None
+            self._fail(f"perf stat exited with code {self._proc.returncode} (no right to trace, or a "
+                       "perf without --control?)")
         return self
 
+    def resume(self) -> None:
+        self._switch("enable")
+
+    def pause(self) -> None:
+        self._switch("disable")
+
+    def _switch(self, command: str) -> None:
+        if self._proc is None:
+            return
+        os.write(self._ctl, command.encode() + b"\n")
+        ready, _, _ = select.select([self._ack], [], [], ACK_TIMEOUT_SECS)
+        if not ready or not os.read(self._ack, 64).startswith(b"ack"):
+            self._fail(f"perf stat did not acknowledge {command!r}")
+
+    def _fail(self, error: str) -> None:
+        self.error = error
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
     def stop(self) -> int | None:
-        """Stop counting (perf writes its counts on SIGINT) and return the epoll waits counted."""
+        """Stop perf (it writes its counts on SIGINT) and return the epoll waits counted."""
         proc, self._proc = self._proc, None
         try:
             if proc is None:
@@ -84,6 +123,10 @@ class LoopTurns:
                 return None
             return self._parse(self._out.read_text(errors="replace"))
         finally:
+            for fd in (self._ctl, self._ack):
+                if fd >= 0:
+                    os.close(fd)
+            self._ctl = self._ack = -1
             self._out.unlink(missing_ok=True)
 
     def _parse(self, text: str) -> int | None:
@@ -93,6 +136,8 @@ class LoopTurns:
             fields = line.split(",")
             if len(fields) < 3 or not fields[2].startswith("syscalls:"):
                 continue
+            if fields[0] == "<not counted>":
+                fields[0] = "0"  # the process never ran while counted (asleep in one epoll_wait)
             if not fields[0].isdigit():
                 self.error = f"perf could not count {fields[2]}: {fields[0]}"
                 return None

@@ -216,8 +216,9 @@ def _cost_table(results: dict[str, Any]) -> list[str]:
     md = [
         "### What each round cost the server and the store",
         "",
-        "CPU seconds of the server and of the store over the round (from its first send until every "
-        "acknowledged message was delivered), and per delivered message. Store commands per "
+        "CPU seconds of the server and of the store over the round's own windows (each from its first "
+        "send until every message it acknowledged was delivered; a paced rate's slices of one kind), "
+        "and per delivered message. Store commands per "
         "acknowledged send: SecantusDB's `serverStatus` opcounters around the round (a bulk insert is "
         "one command however many documents it holds, so a group-commit batch shares one insert among "
         "its messages; acks, pulls and trims of the receivers are in the figure too). Loop turns per "
@@ -229,6 +230,13 @@ def _cost_table(results: dict[str, Any]) -> list[str]:
     ]
     md += table(("job", "round", "delivered", "server CPU s", "store CPU s", "server + store CPU ms / msg",
                  "store commands / send", "loop turns / send", "loadgen CPU"), rows)
+    idle = [(job.get("label", key), job["idle"]) for key, job in _jobs(results).items() if "idle" in job]
+    if idle:
+        md += ["The same servers with every client connected and nothing sent (1 s, before the rounds): the "
+               "pace of their timers and pings, which is in every round's figures too: " + "; ".join(
+                   f"{label}: {fmt(found.get('loop_turns_per_sec'), 0)} loop turns/s, server "
+                   f"{fmt(found.get('cpu_secs', {}).get('server', math.nan) / found['secs'], 2)} cores"
+                   for label, found in idle) + ".", ""]
     errors = sorted({f.get("loop_turns_error", "") for _, _, f in _rounds(results)} - {""})
     if errors:
         md += ["Loop turns not measured: " + "; ".join(f"`{e}`" for e in errors) + ".", ""]
@@ -306,7 +314,9 @@ def rest_section(results: dict[str, Any]) -> list[str]:
         "accounts) over long-poll, each acknowledging what it receives. Paced: the senders of one kind "
         f"offer a rate in all for {fmt(sizes.get('step_secs'), 0)} s, each send at its scheduled time or, "
         "if its sender still waits for the previous receipt, as soon as it came (`late sends`; `sent/s` "
-        "is the rate really offered); REST then SDK at each rate. Closed loop: "
+        "is the rate really offered); at each rate REST and SDK take turns in 1 s slices (REST, SDK, SDK, "
+        "REST ...), each slice ending when what it acknowledged was delivered, so the machine's other "
+        "work falls on both alike; `delivered msg/s` is over a kind's own slices. Closed loop: "
         f"{sizes.get('messages', '?')} messages per REST sender, each sent when the previous receipt came "
         "back; the same job against `bench/bare_tornado.py`'s `POST /api/v1/messages` (push to the "
         "receiver's WebSocket, answer a receipt; no storage, no auth) is the ceiling of the framework. "

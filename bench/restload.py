@@ -7,8 +7,9 @@ pull -> ack; or, against the bare Tornado baseline, its WebSocket clients) and t
 (WebSocket), gives every REST sender one kept-alive connection (``bench/closedloop.py``'s
 ``RestSender``), sends one warm-up message per sender, then runs its rounds:
 
-1. for each rate of ``rates``: the REST senders paced at that rate in all, then the SDK senders at the
-   same rate (interleaved per rate, so the machine's drift falls on both alike);
+1. for each rate of ``rates``: the REST senders paced at that rate in all, and the SDK senders at the
+   same rate, in slices of SLICE_SECS that alternate between the two (REST, SDK, SDK, REST ...) for
+   ``step_secs`` of each, so the machine's drift and other work fall on both alike;
 2. ``messages`` per REST sender in closed loop (each send waits for the previous receipt);
 3. with ``profile_secs``: a closed loop for that long, announced through ``profile_started_file`` so
    the orchestrator samples the server with py-spy while it runs (this round's figures are not the
@@ -17,19 +18,20 @@ pull -> ack; or, against the bare Tornado baseline, its WebSocket clients) and t
 Sender i sends to receiver i, REST and SDK alike. Paced: sender i of k sends the messages numbered i,
 i + k, i + 2k ... of a schedule of ``rate`` messages/s in all, each at its time or, when its previous
 receipt came back late, at once (one request at a time per connection: the offered rate drops rather
-than the order; ``sent/s`` says what was really offered). Every round reports what ``round_result``
-does (receipts, end-to-end latency, lost / duplicated / reordered, answers that were not receipts),
-and around it: CPU seconds of the named processes, the store's command counters, the server's loop
+than the order; ``sent/s`` says what was really offered). Each slice ends when what it acknowledged
+was delivered. Every measurement reports what ``round_result`` does (receipts, end-to-end latency,
+lost / duplicated / reordered, answers that were not receipts), and over its own windows
+(``bench/costs.py``): CPU seconds of the named processes, the store's commands, the server's loop
 turns (``bench/loopturns.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import random
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,9 +39,9 @@ from typing import Any, Protocol
 import tornado.httpclient
 
 from bench import loadgen
-from bench.closedloop import Books, Measure, RestSender, SendStats, make_body, round_result
+from bench.closedloop import Books, RestSender, SendStats, make_body, round_result
+from bench.costs import Costs
 from bench.loadgen import StoreCounters, close_all, freeze_heap, open_all
-from bench.loopturns import LoopTurns
 from bench.targets import ImTarget, make_target
 from imclient.errors import ApiError
 
@@ -50,9 +52,14 @@ WARMUP_SECS = 60.0
 # A paced send that leaves this much after its scheduled time counts as late (its sender was still
 # waiting for the previous receipt).
 LATE_SECS = 0.010
-# Between rounds: the receivers' acks of the last deliveries reach the server before the next round
-# is measured, so a round's CPU and store commands are its own.
+# Before each measurement: the receivers' acks of the last deliveries reach the server first, so a
+# measurement's CPU and store commands are its own.
 SETTLE_SECS = 0.5
+# A paced rate alternates between the kinds of sender in slices this long (shorter: more of each
+# slice is its start and its tail; longer: the machine's other work falls unevenly on the two).
+SLICE_SECS = 1.0
+# The idle reading (every client connected, nothing sent) lasts this long.
+IDLE_SECS = 1.0
 # The py-spy window starts this long after the profiled round does, and the round outlasts the
 # window by as much again (the orchestrator samples ``profile_secs``).
 PROFILE_MARGIN_SECS = 1.0
@@ -100,109 +107,121 @@ class SdkSender:
         return None  # its target is closed with the receivers
 
 
-class Meter:
-    """Around one round: CPU of the named processes (``closedloop.Measure``), the store's command
-    counters by kind, and the server's loop turns; per acknowledged send where it is a cost."""
+class Run:
+    """One kind's messages of one measurement (a paced rate, or a closed loop), which may be sent in
+    several slices: its ledger, its sends, its costs, and the time its slices were active."""
 
-    def __init__(self, pids: Mapping[str, int], counters: StoreCounters, count_turns: bool) -> None:
-        self._pids = dict(pids)
-        self._counters = counters
-        self._count_turns = count_turns and "server" in pids
+    def __init__(self, books: Books, tag: str, senders: Sequence[Sender], costs: Costs) -> None:
+        self.tag = tag
+        self.ledger = books.new(tag)
+        self.stats = SendStats()
+        self.acked: dict[str, list[int]] = {s.user: [] for s in senders}
+        self.next_seq: Counter[str] = Counter()  # per sender: its seqs run on across slices
+        self.costs = costs
+        self.active_secs = 0.0
+        self.scheduled = 0
+        self.late = 0
+        self.sending_secs = 0.0
 
-    async def start(self) -> Meter:
-        self._turns = LoopTurns(self._pids["server"]) if self._count_turns else None
-        if self._turns is not None:
-            await asyncio.to_thread(self._turns.start)  # perf needs a moment to attach
-        self._ops = await self._counters.read()
-        self._measure = await Measure(self._pids, None).start()
-        return self
-
-    async def finish(self, sends: int) -> dict[str, Any]:
-        figures = await self._measure.finish()
-        figures.pop("redis_calls", None)  # one node, no Redis
-        turns = await asyncio.to_thread(self._turns.stop) if self._turns is not None else None
-        ops_after = await self._counters.read()
-        per = max(1, sends)
-        figures["store_commands_per_send"] = {
-            kind: (count - self._ops.get(kind, 0)) / per for kind, count in ops_after.items()
-            if count - self._ops.get(kind, 0) > 0
-        }
-        figures["loop_turns"] = turns
-        figures["loop_turns_per_send"] = turns / per if turns is not None else None
-        if self._turns is not None and turns is None:
-            figures["loop_turns_error"] = self._turns.error
-        elif self._turns is None:
-            figures["loop_turns_error"] = "not asked for"
-        return figures
+    @property
+    def expected(self) -> int:
+        return sum(len(seqs) for seqs in self.acked.values())
 
 
 class Rounds:
-    """The senders of one kind and their partners; builds that kind's paced and closed-loop rounds."""
+    """The senders of one kind and their partners: sends that kind's slices and closed loops."""
 
     def __init__(self, senders: Sequence[Sender], partner: Mapping[str, str], pad_chars: int) -> None:
         self.senders = list(senders)
         self.partner = dict(partner)
         self.pad_chars = pad_chars
 
-    async def _finish(self, books: Books, tag: str, stats: SendStats, acked: dict[str, list[int]],
-                      drain_secs: float) -> dict[str, Any]:
-        ledger = books.ledgers[tag]
-        expected = sum(len(seqs) for seqs in acked.values())
-        await ledger.wait(expected, drain_secs)
-        lost = ledger.lost(acked, lambda sender: [self.partner[sender]])
-        return round_result(ledger, stats, lost=lost, expected=expected)
+    async def _send(self, run: Run, sender: Sender) -> None:
+        seq = run.next_seq[sender.user]
+        run.next_seq[sender.user] += 1
+        body = make_body(run.tag, seq, self.pad_chars)
+        if await sender.send({"to": self.partner[sender.user], "body": body},
+                             f"{run.tag}-{sender.user}-{seq}", run.stats):
+            run.acked[sender.user].append(seq)
 
-    async def _send(self, sender: Sender, tag: str, seq: int, stats: SendStats,
-                    acked: dict[str, list[int]]) -> None:
-        body = make_body(tag, seq, self.pad_chars)
-        if await sender.send({"to": self.partner[sender.user], "body": body}, f"{tag}-{sender.user}-{seq}",
-                             stats):
-            acked[sender.user].append(seq)
+    async def _window(self, run: Run, send: Callable[[], Awaitable[None]], drain_secs: float) -> None:
+        """One window of ``run``: its costs counted, its sends, then until what they acknowledged was
+        delivered (so the next window, maybe another kind's, pays nothing of this one's)."""
+        await run.costs.resume()
+        started = time.monotonic()
+        try:
+            await send()
+            await run.ledger.wait(run.expected, drain_secs)
+        finally:
+            run.active_secs += time.monotonic() - started
+            await run.costs.pause()
 
-    async def paced(self, books: Books, tag: str, *, rate: float, secs: float,
-                    drain_secs: float) -> dict[str, Any]:
-        books.new(tag)
-        stats, acked = SendStats(), {s.user: [] for s in self.senders}
+    async def paced_slice(self, run: Run, *, rate: float, secs: float, drain_secs: float) -> None:
+        """``rate`` messages/s in all for ``secs``: sender i of k sends slots i, i + k ... of the
+        schedule, each at its time or, when its previous receipt came back late, at once."""
         count = max(len(self.senders), round(rate * secs))
-        late = 0
-        last_start = started = time.monotonic()
+        started = last_start = 0.0  # set when the window opens
 
         async def sender_loop(index: int, sender: Sender) -> None:
-            nonlocal late, last_start
-            for seq, slot in enumerate(range(index, count, len(self.senders))):
+            nonlocal last_start
+            for slot in range(index, count, len(self.senders)):
                 delay = started + slot / rate - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                late += delay < -LATE_SECS
+                run.late += delay < -LATE_SECS
                 last_start = max(last_start, time.monotonic())
-                await self._send(sender, tag, seq, stats, acked)
+                await self._send(run, sender)
 
-        await asyncio.gather(*(sender_loop(i, s) for i, s in enumerate(self.senders)))
-        result = await self._finish(books, tag, stats, acked, drain_secs)
-        # What was offered in fact: the schedule's messages over the time their sends took to start
-        # (one schedule slot added, so a round on time reports its nominal rate).
-        result.update({"rate": rate, "scheduled": count, "late_sends": late,
-                       "sent_per_sec": count / max(1e-9, last_start - started + 1 / rate)})
-        return result
+        async def send() -> None:
+            nonlocal started, last_start
+            started = last_start = time.monotonic()
+            await asyncio.gather(*(sender_loop(i, s) for i, s in enumerate(self.senders)))
 
-    async def closed(self, books: Books, tag: str, *, messages: int | None = None, secs: float | None = None,
-                     drain_secs: float, on_start: Callable[[], None] | None = None) -> dict[str, Any]:
+        await self._window(run, send, drain_secs)
+        run.scheduled += count
+        # The time the schedule's sends took to start, one slot added (a slice on time spans secs).
+        run.sending_secs += last_start - started + 1 / rate
+
+    async def closed(self, run: Run, *, messages: int | None = None, secs: float | None = None,
+                     drain_secs: float, on_start: Callable[[], None] | None = None) -> None:
         """Each sender sends its next message once the previous receipt came back: ``messages`` each,
         or as many as fit in ``secs``."""
-        books.new(tag)
-        stats, acked = SendStats(), {s.user: [] for s in self.senders}
-        if on_start is not None:
-            on_start()
-        until = time.monotonic() + secs if secs is not None else None
 
-        async def sender_loop(sender: Sender) -> None:
-            seq = 0
-            while (seq < messages) if messages is not None else (time.monotonic() < (until or 0)):
-                await self._send(sender, tag, seq, stats, acked)
-                seq += 1
+        async def sender_loop(sender: Sender, until: float) -> None:
+            sent = 0
+            while sent < messages if messages is not None else time.monotonic() < until:
+                await self._send(run, sender)
+                sent += 1
 
-        await asyncio.gather(*(sender_loop(s) for s in self.senders))
-        return await self._finish(books, tag, stats, acked, drain_secs)
+        async def send() -> None:
+            if on_start is not None:
+                on_start()
+            until = time.monotonic() + (secs or 0.0)
+            await asyncio.gather(*(sender_loop(s, until) for s in self.senders))
+
+        await self._window(run, send, drain_secs)
+
+    def result(self, run: Run, kind: str) -> dict[str, Any]:
+        lost = run.ledger.lost(run.acked, lambda sender: [self.partner[sender]])
+        result = round_result(run.ledger, run.stats, lost=lost, expected=run.expected)
+        result.update(run.costs.per_send(run.stats.acked))
+        result["kind"] = kind
+        return result
+
+
+def paced_result(rounds: Rounds, run: Run, kind: str, rate: float) -> dict[str, Any]:
+    """A paced run's figures: its rate over its own active time (its slices alternated with another
+    kind's, so the span from first send to last delivery would halve it)."""
+    result = rounds.result(run, kind)
+    result.update({
+        "rate": rate,
+        "scheduled": run.scheduled,
+        "late_sends": run.late,
+        "sent_per_sec": run.scheduled / max(1e-9, run.sending_secs),
+        "secs": run.active_secs,
+        "delivered_per_sec": result["delivered"] / max(1e-9, run.active_secs),
+    })
+    return result
 
 
 async def rest(spec: dict[str, Any], http: tornado.httpclient.AsyncHTTPClient) -> dict[str, Any]:
@@ -229,37 +248,73 @@ async def rest(spec: dict[str, Any], http: tornado.httpclient.AsyncHTTPClient) -
     freeze_heap()
     counters = StoreCounters(spec.get("store_url"))
     pids, drain = spec.get("pids", {}), spec["drain_secs"]
+    active = {kind: rounds for kind, rounds in kinds.items() if rounds.senders}
 
-    async def measured(kind: str, run: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
-        await asyncio.sleep(SETTLE_SECS)
-        meter = await Meter(pids, counters, spec.get("count_turns", True)).start()
-        result = await run()
-        result.update(await meter.finish(result["acked"]))
-        result["kind"] = kind
-        return result
+    async def costs() -> Costs:
+        return await Costs(pids, counters, count_turns=spec.get("count_turns", True)).open()
+
+    async def paced(rate: float, index: int) -> dict[str, Any]:
+        """Both kinds at ``rate``, in slices of SLICE_SECS that alternate (ABBA...), so noise from the
+        machine's other work falls on both alike."""
+        runs = {kind: Run(books, f"p{index}{kind}", rounds.senders, await costs())
+                for kind, rounds in active.items()}
+        slices = max(1, round(spec["step_secs"] / SLICE_SECS))
+        try:
+            await asyncio.sleep(SETTLE_SECS)
+            for number in range(slices):
+                order = list(active.items()) if number % 2 == 0 else list(reversed(active.items()))
+                for kind, rounds in order:
+                    await rounds.paced_slice(runs[kind], rate=rate, secs=spec["step_secs"] / slices,
+                                             drain_secs=drain)
+        finally:
+            for run in runs.values():
+                await run.costs.close()
+        return {"rate": rate, **{kind: paced_result(active[kind], run, kind, rate)
+                                 for kind, run in runs.items()}}
+
+    async def idle() -> dict[str, Any]:
+        """The server with every client connected and nothing sent: its own pace (timers, pings),
+        which is in every round's loop turns and CPU too."""
+        meter = await costs()
+        try:
+            await asyncio.sleep(SETTLE_SECS)
+            await meter.resume()
+            await asyncio.sleep(IDLE_SECS)
+            await meter.pause()
+        finally:
+            await meter.close()
+        turns, secs = meter.loop_turns, max(1e-9, meter.wall_secs)
+        return {"secs": secs, "cpu_secs": dict(meter.cpu_secs), "store_commands": dict(meter.store_commands),
+                "loop_turns_per_sec": turns / secs if turns is not None else None,
+                "loop_turns_error": meter.per_send(0).get("loop_turns_error", "")}
+
+    async def closed(tag: str, **how: Any) -> dict[str, Any]:
+        run = Run(books, tag, kinds["rest"].senders, await costs())
+        try:
+            await asyncio.sleep(SETTLE_SECS)
+            await kinds["rest"].closed(run, drain_secs=drain, **how)
+        finally:
+            await run.costs.close()
+        return kinds["rest"].result(run, "rest")
 
     result: dict[str, Any] = {"target": target, "transport": spec["receivers"][0].get("transport", "ws"),
                               "receivers": len(receivers), "rest_senders": len(rest_senders),
                               "sdk_senders": len(sdk_senders), "paced": []}
+    warm: dict[str, dict[str, Any]] = {}
     try:
-        warm = {kind: await rounds.closed(books, f"w{kind}", messages=1, drain_secs=WARMUP_SECS)
-                for kind, rounds in kinds.items() if rounds.senders}
+        for kind, rounds in active.items():
+            run = Run(books, f"w{kind}", rounds.senders, Costs({}, counters, count_turns=False))
+            await rounds.closed(run, messages=1, drain_secs=WARMUP_SECS)
+            warm[kind] = rounds.result(run, kind)
+        result["idle"] = await idle()
         for index, rate in enumerate(float(r) for r in spec.get("rates", [])):
-            step: dict[str, Any] = {"rate": rate}
-            for kind, rounds in kinds.items():
-                if rounds.senders:
-                    step[kind] = await measured(kind, functools.partial(
-                        rounds.paced, books, f"p{index}{kind}", rate=rate, secs=spec["step_secs"],
-                        drain_secs=drain))
-            result["paced"].append(step)
+            result["paced"].append(await paced(rate, index))
         if spec.get("messages"):
-            result["closed"] = await measured("rest", functools.partial(
-                kinds["rest"].closed, books, "c", messages=spec["messages"], drain_secs=drain))
+            result["closed"] = await closed("c", messages=spec["messages"])
         if spec.get("profile_secs"):
             mark = Path(spec["profile_started_file"])
-            result["profiled"] = await measured("rest", functools.partial(
-                kinds["rest"].closed, books, "prof", secs=spec["profile_secs"] + 2 * PROFILE_MARGIN_SECS,
-                drain_secs=drain, on_start=lambda: mark.write_text("started\n")))
+            result["profiled"] = await closed("prof", secs=spec["profile_secs"] + 2 * PROFILE_MARGIN_SECS,
+                                              on_start=lambda: mark.write_text("started\n"))
     finally:
         for sender in rest_senders:
             sender.close()
