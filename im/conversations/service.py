@@ -79,16 +79,19 @@ class Conversations:
     # -- who may talk to whom -------------------------------------------------------------------------
 
     async def direct_target(self, sender: str, to: str) -> Target:
-        """A one-to-one conversation: the recipient must exist and, under ``friends``, be a friend.
-        The pair is in the directory before its message is written, so the conversation is listed."""
+        """A one-to-one conversation: the recipient must exist and, under ``friends``, be a friend."""
         if to != sender and not await self.users.exists(to):
             raise NotFoundError(f"recipient {to!r} does not exist", code="unknown_recipient", field="to")
         if self.direct_policy == "friends" and not await self.friends.are_friends(sender, to):
             raise ForbiddenError(f"you and {to!r} are not friends (this server only lets friends talk)",
                                  code="not_friends", field="to")
-        target = _direct(sender, to)
-        await self.directory.register(target.conv, target.recipients)
-        return target
+        return _direct(sender, to)
+
+    async def listed(self, target: Target) -> None:
+        """Once a send is accepted, before it is written: its one-to-one pair is in the directory, so
+        the conversation is listed (a refused send registers nothing)."""
+        if not is_group_conversation(target.conv):
+            await self.directory.register(target.conv, target.recipients)
 
     def direct_target_known(self, sender: str, to: str) -> Target | None:
         """:meth:`direct_target` when everything it checks is in memory (anyone may message anyone, the

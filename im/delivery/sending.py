@@ -65,6 +65,7 @@ class Sender:
         body: Any = request.body
         if request.kind == "file":
             body = await conversations.attachment(sender, target.conv, request.body)
+        await conversations.listed(target)
         return self._enqueue(sender, request, target, body, before_notify)
 
     async def send_many(self, principal: Principal, requests: Sequence[SendRequest | ImError]

@@ -158,6 +158,15 @@ async def ack_cannot_reach_another_inbox(w: World) -> None:
     assert (response.status, response.error_code, response.body["error"].get("field")) == (400, "invalid", "upto")
 
 
+@case(r"/api/v1/conversations", "GET")
+async def conversation_list_is_ones_own(w: World) -> None:
+    response = await req(w, "GET", "/api/v1/conversations", w.mallory)
+    assert response.status == 200, response.body
+    listed = [c["conv"] for c in response.body["conversations"]]
+    # Only conversations mallory is in (she may have written to someone herself), never alice's group.
+    assert all(conv.startswith("d:") and "mallory" in conv.split(":") for conv in listed), listed
+
+
 # -- friends ----------------------------------------------------------------------------------------------
 
 @case(r"/api/v1/friends", "GET")
