@@ -298,6 +298,7 @@ class Bench:
             # One machine plays every user: the per-address and per-user abuse limits would measure
             # themselves, not the server.
             "IM_RATE_IP_PER_SEC": "0",
+            "IM_RATE_DEVICE_PER_SEC": "0",
             "IM_RATE_SEND_PER_SEC": "0",
             "IM_MAX_CONNECTIONS_PER_USER": "0",
             **(extra_env or {}),

@@ -101,8 +101,12 @@ class Settings:
         5.0, "cluster: pulls trust an inbox head learned from notifies this long after a store read")
 
     # Abuse limits (per node; 0 switches a rate off)
-    rate_ip_per_sec: float = _setting(100.0, "sustained HTTP requests / WebSocket connects per address")
+    rate_ip_per_sec: float = _setting(
+        100.0, "sustained HTTP requests without a valid token, and WebSocket connects, per address")
     rate_ip_burst: int = _setting(200, "burst of requests per client address")
+    rate_device_per_sec: float = _setting(
+        100.0, "sustained HTTP requests per signed-in device (a valid token), wherever it comes from")
+    rate_device_burst: int = _setting(200, "burst of requests per signed-in device")
     rate_send_per_sec: float = _setting(10.0, "sustained messages per user")
     rate_send_burst: int = _setting(30, "burst of messages per user")
     rate_register_per_sec: float = _setting(

@@ -75,19 +75,14 @@ class ApiHandler(tornado.web.RequestHandler):
         return rid
 
     async def prepare(self) -> None:
-        """CORS, the per-address limit, the body limit, then the token (revocation needs the store)."""
+        """CORS, the body limit, the token (revocation needs the store), then the request limit: per
+        device for a valid token, per address otherwise."""
         REQUEST_ID.set(self.request_id)
         origin = self.request.headers.get("Origin")
         allowed = self.settings_.allowed_origin_list
         if origin and origin_allowed(origin, host=self.request.host, allowed=allowed):
             self.set_header("Access-Control-Allow-Origin", origin)
             self.set_header("Vary", "Origin")
-        if self.request.method != "OPTIONS":
-            try:
-                self.service.check_client(self.request.remote_ip or "")
-            except RateLimited as refused:
-                self._refuse_after_body(refused)
-                return
         declared = self.request.headers.get("Content-Length", "0")
         self._body_too_large = declared.isdigit() and int(declared) > self.settings_.max_body_bytes
         header = self.request.headers.get("Authorization")
@@ -98,6 +93,14 @@ class ApiHandler(tornado.web.RequestHandler):
                 self._principal = await self.service.authenticate(parse_bearer(header))
             except AuthError as error:
                 self._auth_error = error
+        if self.request.method != "OPTIONS":
+            try:
+                if self._principal is not None:
+                    self.service.check_device(self._principal)
+                else:
+                    self.service.check_client(self.request.remote_ip or "")
+            except RateLimited as refused:
+                self._refuse_after_body(refused)
 
     def _refuse_after_body(self, error: ImError) -> None:
         """Answer ``error`` once the request's body has been read (and dropped), not now: a reply sent

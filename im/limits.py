@@ -80,6 +80,9 @@ class Limits:
     """The limits a node enforces; a ``None`` limiter is switched off."""
 
     per_ip: RateLimiter | None = None
+    # Requests with a valid token count per device instead: callers behind one address (a NAT, a
+    # proxy, a backend) do not share one bucket.
+    per_device: RateLimiter | None = None
     sends_per_user: RateLimiter | None = None
     # Taken before any password is hashed: a refused attempt costs the node no hash.
     registrations_per_ip: RateLimiter | None = None

@@ -34,6 +34,8 @@ def limits_from(settings: Settings) -> Limits:
     failures_per_sec = settings.login_max_failures / settings.login_failure_window_secs
     return Limits(
         per_ip=Limits.limiter("requests per address", settings.rate_ip_per_sec, settings.rate_ip_burst),
+        per_device=Limits.limiter("requests per device", settings.rate_device_per_sec,
+                                  settings.rate_device_burst),
         sends_per_user=Limits.limiter("messages per user", settings.rate_send_per_sec,
                                       settings.rate_send_burst),
         registrations_per_ip=Limits.limiter("registrations per address", settings.rate_register_per_sec,

@@ -128,6 +128,9 @@ class MessagingService:
     def check_client(self, client_ip: str) -> None:
         self._accounts.check_client(client_ip)
 
+    def check_device(self, principal: Principal) -> None:
+        self._accounts.check_device(principal)
+
     # -- sending and receipts -------------------------------------------------------------------------
 
     async def send(self, principal: Principal, request: SendRequest) -> Receipt:

@@ -256,7 +256,8 @@ class Driver:
             self.port = free_port()
             env = {**os.environ, "IM_MONGO_URL": mongo.url, "IM_JWT_SECRET": JWT_SECRET,
                    "IM_PORT": str(self.port), "IM_DATA_DIR": str(self.workdir), "IM_WRITE_CONCERN": "1",
-                   "IM_RATE_IP_PER_SEC": "0", "IM_LONG_POLL_MAX_SECS": str(PARK_SECS),
+                   "IM_RATE_IP_PER_SEC": "0", "IM_RATE_DEVICE_PER_SEC": "0",
+                   "IM_LONG_POLL_MAX_SECS": str(PARK_SECS),
                    "IM_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"}
             script = str(Path(__file__).resolve())
             with open(self.workdir / "server.log", "wb") as log:

@@ -67,6 +67,7 @@ def make_settings(mongo_url: str, db_name: str, data_dir: Path, **overrides: Any
         # registrations, logins) and the per-user send rate are off unless a test turns them on
         # (tests/handlers/test_limits.py does).
         "rate_ip_per_sec": 0.0,
+        "rate_device_per_sec": 0.0,
         "rate_send_per_sec": 0.0,
         "rate_register_per_sec": 0.0,
         "rate_login_per_sec": 0.0,

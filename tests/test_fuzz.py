@@ -92,7 +92,7 @@ def fuzz_server(mongo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
     port, db = free_port(), f"fuzz{os.getpid()}"
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("IM_")}, "IM_MONGO_URL": mongo.url,
            "IM_MONGO_DB": db, "IM_JWT_SECRET": TEST_JWT_SECRET, "IM_PORT": str(port),
-           "IM_DATA_DIR": str(tmp_path_factory.mktemp("fuzz")), "IM_RATE_IP_PER_SEC": "0",
+           "IM_DATA_DIR": str(tmp_path_factory.mktemp("fuzz")), "IM_RATE_IP_PER_SEC": "0", "IM_RATE_DEVICE_PER_SEC": "0",
            "IM_RATE_SEND_PER_SEC": "0", "IM_RATE_REGISTER_PER_SEC": "0", "IM_RATE_LOGIN_PER_SEC": "0",
            "IM_LOGIN_MAX_FAILURES": "100000", "IM_LOG_LEVEL": "ERROR",
            "IM_WRITE_CONCERN": "1"}

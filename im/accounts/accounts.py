@@ -107,9 +107,14 @@ class Accounts:
         return principal
 
     def check_client(self, client_ip: str) -> None:
-        """Per-address request limit, applied by every transport before any work."""
+        """Per-address request limit: requests without a valid token, and WebSocket connects."""
         if self._limits.per_ip is not None:
             self._limits.per_ip.check(client_ip)
+
+    def check_device(self, principal: Principal) -> None:
+        """Per-device request limit: requests with a valid token, in place of the per-address one."""
+        if self._limits.per_device is not None:
+            self._limits.per_device.check(f"{principal.user}/{principal.device}")
 
 
 def _check_password(password: str) -> None:

@@ -34,7 +34,7 @@ START_TIMEOUT_SECS = 90.0
 STOP_TIMEOUT_SECS = 30.0
 # Loopback tests send hundreds of messages from one address and user: the abuse limits are lifted.
 UNLIMITED_ENV = {
-    "IM_RATE_IP_PER_SEC": "1000000", "IM_RATE_IP_BURST": "1000000",
+    "IM_RATE_IP_PER_SEC": "1000000", "IM_RATE_IP_BURST": "1000000", "IM_RATE_DEVICE_PER_SEC": "0",
     "IM_RATE_SEND_PER_SEC": "1000000", "IM_RATE_SEND_BURST": "1000000",
     "IM_RATE_REGISTER_PER_SEC": "0", "IM_RATE_LOGIN_PER_SEC": "0",
 }

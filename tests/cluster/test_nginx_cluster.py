@@ -58,6 +58,7 @@ async def test_cluster_command_starts_serves_across_nodes_and_stops(tmp_path: Pa
         ports["--node-port"] = free_port()
     args = ["--dir", str(base), *(f"{k}={v}" for k, v in ports.items()),
             "--env", "IM_RATE_IP_PER_SEC=1000000", "--env", "IM_RATE_IP_BURST=1000000",
+            "--env", "IM_RATE_DEVICE_PER_SEC=0",
             "--env", "IM_RATE_REGISTER_PER_SEC=0", "--env", "IM_RATE_LOGIN_PER_SEC=0"]
     started = await asyncio.to_thread(run, "start", args)
     try:

@@ -1,5 +1,6 @@
-"""A client over the per-address request limit gets 429 with Retry-After on a connection it can keep
-using: the refused request's body is read (and dropped) before the answer."""
+"""A client over its request limit gets 429 with Retry-After on a connection it can keep using (the
+refused request's body is read, and dropped, before the answer); signed-in callers are limited per
+device, not per address."""
 
 from __future__ import annotations
 
@@ -41,15 +42,34 @@ def _posts_on_one_connection(port: int, token: str, count: int) -> list[tuple[in
     return answers
 
 
-async def test_over_the_address_limit_the_answer_is_429_and_the_connection_stays(mongo, db_name, tmp_path) -> None:
-    settings = make_settings(mongo.url, db_name, tmp_path, rate_ip_per_sec=0.01, rate_ip_burst=5,
+async def test_over_the_limit_the_answer_is_429_and_the_connection_stays(mongo, db_name, tmp_path) -> None:
+    settings = make_settings(mongo.url, db_name, tmp_path, rate_device_per_sec=0.01, rate_device_burst=2,
                              max_text_chars=BODY_CHARS, max_body_bytes=2 * BODY_CHARS)
     node = await Node.start(settings)
     try:
-        alice = await node.user("alice")  # registration and login take two of the five requests
+        alice = await node.user("alice")
         await node.register("bob")
         answers = await asyncio.to_thread(_posts_on_one_connection, node.port, alice, 4)
         assert [status for status, _ in answers] == [201, 200, 429, 429]  # the same client_msg_id twice
         assert all(int(retry) >= 1 for status, retry in answers if status == 429)
+    finally:
+        await node.stop()
+
+
+async def test_signed_in_callers_behind_one_address_each_have_their_own_bucket(mongo, db_name, tmp_path) -> None:
+    """Twenty API callers behind one address (a NAT, a backend) are limited per device, not together;
+    a request without a valid token still counts against the address."""
+    settings = make_settings(mongo.url, db_name, tmp_path, rate_ip_per_sec=0.01, rate_ip_burst=45,
+                             rate_device_per_sec=0.01, rate_device_burst=3)
+    node = await Node.start(settings)
+    try:
+        tokens = [await node.user(f"u{i}") for i in range(20)]  # 40 requests of the address's 45
+        pulls = [(await node.pull(token)).status for token in tokens for _ in range(3)]
+        assert pulls == [200] * 60  # 60 requests from one address, 3 per device: all within limits
+        over = await node.pull(tokens[0])
+        assert over.status == 429 and over.error_code == "rate_limited" and int(over.headers["Retry-After"]) >= 1
+        assert (await node.pull(tokens[1])).status == 429  # each device spent its own 3
+        anonymous = [(await node.request("GET", "/api/v1/inbox")).status for _ in range(6)]
+        assert anonymous[:5] == [401] * 5 and anonymous[5] == 429  # the address's last 5, then refused
     finally:
         await node.stop()
