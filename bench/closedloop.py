@@ -37,7 +37,7 @@ import tornado.httpclient
 
 from bench import loadgen
 from bench.loadgen import close_all, freeze_heap, open_all
-from bench.procs import cpu_secs
+from bench.procs import cpu_readings
 from bench.stats import summarize
 from bench.targets import ImTarget, Target, make_target
 from imclient.backoff import backoff_delay
@@ -224,14 +224,6 @@ class Books:
         return on_message
 
 
-def _cpu(pids: Mapping[str, int]) -> dict[str, float]:
-    readings = {}
-    for name, pid in pids.items():
-        with contextlib.suppress(OSError, RuntimeError, ValueError):
-            readings[name] = cpu_secs(pid)
-    return readings
-
-
 def _reconnects(targets: Sequence[Target]) -> int:
     return sum(t.client.reconnects for t in targets if isinstance(t, ImTarget))
 
@@ -282,13 +274,13 @@ class Measure:
 
     async def start(self) -> Measure:
         self._redis_before = await _redis_calls(self._redis_url)
-        self._before = _cpu(self._pids)
+        self._before = cpu_readings(self._pids)
         self._own_before = time.process_time()
         self._started = time.monotonic()
         return self
 
     async def finish(self) -> dict[str, Any]:
-        after = _cpu(self._pids)
+        after = cpu_readings(self._pids)
         wall = max(1e-9, time.monotonic() - self._started)
         own = time.process_time() - self._own_before
         redis_after = await _redis_calls(self._redis_url)

@@ -8,7 +8,6 @@ over its own windows only. :class:`Costs` is switched on and off around each win
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -16,17 +15,9 @@ from typing import Any
 
 from bench.loadgen import StoreCounters
 from bench.loopturns import LoopTurns
-from bench.procs import cpu_secs
+from bench.procs import cpu_readings
 
 __all__ = ["Costs"]
-
-
-def _cpu(pids: Mapping[str, int]) -> dict[str, float]:
-    readings = {}
-    for name, pid in pids.items():
-        with contextlib.suppress(OSError, RuntimeError, ValueError):
-            readings[name] = cpu_secs(pid)
-    return readings
 
 
 class Costs:
@@ -52,7 +43,7 @@ class Costs:
 
     async def resume(self) -> None:
         self._ops = await self._counters.read()
-        self._cpu = _cpu(self._pids)
+        self._cpu = cpu_readings(self._pids)
         self._own, self._wall = time.process_time(), time.monotonic()
         if self._turns is not None:
             await asyncio.to_thread(self._turns.resume)
@@ -60,7 +51,7 @@ class Costs:
     async def pause(self) -> None:
         if self._turns is not None:
             await asyncio.to_thread(self._turns.pause)
-        after = _cpu(self._pids)
+        after = cpu_readings(self._pids)
         self.cpu_secs.update({k: after[k] - self._cpu[k] for k in after if k in self._cpu})
         self.own_cpu_secs += time.process_time() - self._own
         self.wall_secs += time.monotonic() - self._wall

@@ -31,7 +31,7 @@ from typing import Any
 import tornado.httpclient
 from pymongo import AsyncMongoClient
 
-from bench.procs import raise_nofile_limit, rss_kb
+from bench.procs import cpu_readings, cpu_spent, raise_nofile_limit, rss_kb
 from bench.stats import summarize
 from bench.targets import ImTarget, Target, make_target
 from im.ops import eventloop
@@ -254,8 +254,12 @@ async def run_step(
     fanout: int,
     pad_chars: int,
     counters: StoreCounters | None = None,
+    pids: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """One measured step at ``rate`` sends/s; each send should produce ``fanout`` deliveries.
+
+    ``pids`` names the processes (``server``, ``store``) whose CPU seconds over the step, from its
+    start to its drain deadline, are reported (``cpu_secs``; per delivery in the report).
 
     After the sending window the step waits for receipts and deliveries until one deadline,
     ``drain_secs`` later (a saturated step would otherwise wait for its whole queue); what is still
@@ -263,6 +267,7 @@ async def run_step(
     """
     recorder = router.new(prefix)
     ops_before = await counters.read() if counters else {}
+    procs_before = cpu_readings(pids or {})
     cpu_before = time.process_time()
     start = time.monotonic()
     tasks = await generate(recorder, rate=rate, secs=secs, senders=senders, pad_chars=pad_chars)
@@ -271,6 +276,7 @@ async def run_step(
     if tasks:
         await asyncio.wait(set(tasks), timeout=max(0.01, deadline - time.monotonic()))
     await recorder.wait_delivered(recorder.sent_ok * fanout, deadline - time.monotonic())
+    procs_cpu = cpu_spent(procs_before, pids or {})
     ops_after = await counters.read() if counters else {}
     window = end - start
     # The delivery rate is measured over the window's second half, whoever sent the messages: in
@@ -297,6 +303,7 @@ async def run_step(
             k: (ops_after[k] - ops_before.get(k, 0)) / max(1, recorder.delivered) for k in ops_after
         },
         "sends_open_at_step_end": len(tasks),
+        "cpu_secs": procs_cpu,
         "delivered_at_step_end": recorder.delivered,
     }
     finish_step(step, recorder)
@@ -433,6 +440,7 @@ async def chat(spec: dict[str, Any], http: tornado.httpclient.AsyncHTTPClient) -
                 fanout=1,
                 pad_chars=spec.get("pad_chars", 48),
                 counters=counters,
+                pids=spec.get("pids"),
             )
             steps.append(step)
             print(json.dumps({"progress": f"rate {rate:g}/s"}), file=sys.stderr, flush=True)
@@ -495,6 +503,7 @@ async def group(spec: dict[str, Any], http: tornado.httpclient.AsyncHTTPClient) 
             fanout=fanout,
             pad_chars=spec.get("pad_chars", 48),
             counters=counters,
+            pids=spec.get("pids"),
         )
         await final_drain(router, [step], spec["drain_secs"])
     finally:
@@ -598,11 +607,13 @@ async def storm(spec: dict[str, Any], http: tornado.httpclient.AsyncHTTPClient) 
         make_target("im", spec["url"], c, on_message=counting(c["user"]), http=http) for c in spec["clients"]
     ]
     storm_started = time.monotonic()
+    procs_before = cpu_readings(spec.get("pids", {}))
     cpu_before = time.process_time()
     errors = await open_all(targets, concurrency=len(targets))
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(all_caught_up.wait(), spec["timeout_secs"])
     total_secs = time.monotonic() - storm_started
+    procs_cpu = cpu_spent(procs_before, spec.get("pids", {}))
     cpu_share = (time.process_time() - cpu_before) / max(1e-9, total_secs)
     reconnects = sum(t.client.reconnects for t in targets if isinstance(t, ImTarget))
     await close_all(targets)
@@ -622,6 +633,7 @@ async def storm(spec: dict[str, Any], http: tornado.httpclient.AsyncHTTPClient) 
         "connect_errors": errors[:5],
         "reconnects": reconnects,
         "loadgen_cpu_share": cpu_share,
+        "cpu_secs": procs_cpu,
         "ws": sum(1 for c in spec["clients"] if c.get("transport") == "ws"),
         "longpoll": sum(1 for c in spec["clients"] if c.get("transport") == "longpoll"),
     }

@@ -23,7 +23,9 @@ from im.storage.childproc import port_open
 __all__ = [
     "Proc",
     "client_connections",
+    "cpu_readings",
     "cpu_secs",
+    "cpu_spent",
     "fd_count",
     "python_module",
     "raise_nofile_limit",
@@ -72,6 +74,21 @@ def cpu_secs(pid: int) -> float:
         fields = stat.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def cpu_readings(pids: Mapping[str, int]) -> dict[str, float]:
+    """``cpu_secs`` of each named process that is still there (a gone one is left out, not zero)."""
+    readings = {}
+    for name, pid in pids.items():
+        with contextlib.suppress(OSError, RuntimeError, ValueError):
+            readings[name] = cpu_secs(pid)
+    return readings
+
+
+def cpu_spent(before: Mapping[str, float], pids: Mapping[str, int]) -> dict[str, float]:
+    """CPU seconds each named process used since ``before`` (a ``cpu_readings``)."""
+    after = cpu_readings(pids)
+    return {name: after[name] - before[name] for name in after if name in before}
 
 
 def wait_for_port(

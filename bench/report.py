@@ -16,7 +16,7 @@ from bench.markdown import times as _times
 from bench.markdown import yes as _yes
 from bench.profile import LOOP_FRAMES
 from bench.report_rest import rest_section, rest_summary_rows
-from bench.stats import ratio
+from bench.stats import cpu_ms_per, ratio
 
 __all__ = ["TARGETS", "headline", "write"]
 
@@ -412,6 +412,7 @@ def _chat_section(results: dict[str, Any]) -> list[str]:
             "",
         ]
         md += _table(("offered/s", *OP_KINDS, "total"), op_rows)
+    md += _chat_cpu_table(results, ours)
     md += _notify_table(ours, results.get("ours", {}).get("chat", {}).get("skipped_rates", []))
     rows = []
     for step in ours:
@@ -438,6 +439,29 @@ def _chat_section(results: dict[str, Any]) -> list[str]:
             rows,
         )
     return md
+
+
+def _chat_cpu_table(results: dict[str, Any], ours: Sequence[dict[str, Any]]) -> list[str]:
+    """CPU per delivered message at each offered rate: ours (server, and server + store), and the
+    baselines' servers (they have no store)."""
+    rows = []
+    for step in ours:
+        row: list[Any] = [step["rate"], *_step_cpu_cells(step)]
+        for key in ("tornado", "sio"):
+            other = step_at(_steps(results, key), step["rate"])
+            row.append(_step_cpu_cells(other)[0] if other else math.nan)
+        rows.append(row)
+    if all(math.isnan(v) for row in rows for v in row[1:]):
+        return []  # a run from before CPU was read per step
+    md = [
+        "### CPU per delivered message",
+        "",
+        "CPU seconds of each process over the step (its sending window and its drain), per message "
+        "delivered by the drain deadline, ms. The load generator's own CPU is not in it.",
+        "",
+    ]
+    return md + _table(("offered/s", "ours: server", "ours: server + store", "bare Tornado: server",
+                        "python-socketio: server"), rows)
 
 
 def _notify_table(steps: Sequence[dict[str, Any]], skipped_rates: Sequence[float]) -> list[str]:
@@ -517,6 +541,7 @@ def _group_section(results: dict[str, Any]) -> list[str]:
                 s["latency"]["p99_ms"],
                 s["latency"]["max_ms"],
                 s["lost"],
+                *_step_cpu_cells(s),
             )
         )
     if not rows:
@@ -526,7 +551,8 @@ def _group_section(results: dict[str, Any]) -> list[str]:
         "",
         "Every member connected; some members send to the group; each message is delivered to every other "
         "member. `mode direct` means the server had no group API when this ran, so each group message was "
-        "sent as one one-to-one message per member (same fan-out, many more writes).",
+        "sent as one one-to-one message per member (same fan-out, many more writes). CPU: the server's "
+        "and the store's over the step (its sending and its drain) per delivery made by then.",
         "",
     ]
     return md + _table(
@@ -542,9 +568,22 @@ def _group_section(results: dict[str, Any]) -> list[str]:
             "p99 ms",
             "max ms",
             "lost",
+            *STEP_CPU_HEADERS,
         ),
         rows,
     )
+
+
+# The headers of ``_step_cpu_cells``.
+STEP_CPU_HEADERS = ("server CPU ms / delivery", "server + store CPU ms / delivery")
+
+
+def _step_cpu_cells(step: dict[str, Any]) -> tuple[float, float]:
+    """A ladder or group step's server CPU, and server + store CPU, per delivery made by its drain
+    deadline, ms (NaN for runs older than the measurement, or a baseline's missing store)."""
+    cpu, count = step.get("cpu_secs", {}), step.get("delivered_at_step_end", 0)
+    both = cpu_ms_per(cpu, count) if "store" in cpu else math.nan
+    return cpu_ms_per(cpu, count, lambda name: name == "server"), both
 
 
 def _idle_section(results: dict[str, Any]) -> list[str]:
@@ -667,7 +706,8 @@ def _storm_section(results: dict[str, Any]) -> list[str]:
         "",
         f"{storm['clients']:,} clients ({storm['ws']} WebSocket, {storm['longpoll']} long-poll), each with "
         f"{storm['backlog']} messages waiting, connect at the same moment and pull their backlog. Catch-up: "
-        "from the storm's start until the client's callback has its whole backlog.",
+        "from the storm's start until the client's callback has its whole backlog. CPU: the server's and "
+        "the store's from the storm's start until the last client caught up, per message delivered.",
         "",
     ]
     return md + _table(
@@ -681,6 +721,7 @@ def _storm_section(results: dict[str, Any]) -> list[str]:
             "delivered msg/s",
             "connect errors",
             "reconnects",
+            "server + store CPU ms / msg",
         ),
         [
             (
@@ -693,6 +734,7 @@ def _storm_section(results: dict[str, Any]) -> list[str]:
                 storm["delivered_per_sec"],
                 storm["connect_error_count"],
                 storm["reconnects"],
+                cpu_ms_per(storm.get("cpu_secs", {}), storm.get("delivered", 0)),
             )
         ],
     )
@@ -756,8 +798,13 @@ def _cpu_cell(job: dict[str, Any]) -> str:
 
 def _node_cpu_ms(job: dict[str, Any]) -> float:
     """Server CPU (every node's) per delivered message, ms."""
-    secs = sum(v for k, v in job.get("cpu_secs", {}).items() if k.startswith("node"))
-    return secs * 1000 / job["delivered"] if job.get("delivered") else math.nan
+    return cpu_ms_per(job.get("cpu_secs", {}), job.get("delivered", 0), lambda name: name.startswith("node"))
+
+
+def _nodes_store_cpu_ms(job: dict[str, Any]) -> float:
+    """Server (every node's) and store CPU per delivered message, ms (Redis left out)."""
+    return cpu_ms_per(job.get("cpu_secs", {}), job.get("delivered", 0),
+                      lambda name: name.startswith("node") or name == "store")
 
 
 def _scaleout_section(results: dict[str, Any]) -> list[str]:
@@ -804,6 +851,7 @@ def _scaleout_section(results: dict[str, Any]) -> list[str]:
             _not_receipts(found),
             _cpu_cell(found),
             _node_cpu_ms(found),
+            _nodes_store_cpu_ms(found),
             f"{found.get('loadgen_cpu_share', math.nan):.0%}",
         ))
     if rows:
@@ -816,6 +864,7 @@ def _scaleout_section(results: dict[str, Any]) -> list[str]:
                 "not receipts",
                 "CPU s by process",
                 "nodes' CPU ms/msg",
+                "nodes + store CPU ms/msg",
                 "loadgen CPU",
             ),
             rows,
@@ -883,6 +932,7 @@ def _scaleout_section(results: dict[str, Any]) -> list[str]:
                 "other not receipts",
                 "CPU s by process",
                 "nodes' CPU ms/delivery",
+                "nodes + store CPU ms/delivery",
             ),
             [(
                 group["acked"],
@@ -892,6 +942,7 @@ def _scaleout_section(results: dict[str, Any]) -> list[str]:
                 _not_receipts({"non_2xx": others}),
                 _cpu_cell(group),
                 _node_cpu_ms(group),
+                _nodes_store_cpu_ms(group),
             )],
         )
     md += _redis_table(jobs)

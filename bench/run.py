@@ -361,7 +361,8 @@ class Bench:
                 self.step(f"baseline: {key}")
                 proc, url = self.start_baseline(module)
                 try:
-                    self.part(key, lambda key=key, url=url: self._chat_and_group(key, url, None))
+                    self.part(key, lambda key=key, url=url, pid=proc.pid: self._chat_and_group(
+                        key, url, None, {"server": pid}))
                 finally:
                     proc.stop()
                 self.done()
@@ -374,7 +375,7 @@ class Bench:
             proc, url = self.start_server("server")
             try:
                 if "ours" not in self.skip:
-                    self.part("ours", lambda: self._chat_and_group("im", url, users))
+                    self.part("ours", lambda: self._chat_and_group("im", url, users, self._pids(proc)))
                 else:
                     self.done()
                 self.done()
@@ -465,8 +466,13 @@ class Bench:
             "seeders": clients(seeders, transports=["ws"] * len(seeders), device="seed"),
         }
 
+    def _pids(self, proc: Proc) -> dict[str, int]:
+        """The processes whose CPU per delivered message the report gives: the server and the store."""
+        assert self.store is not None and self.store.pid is not None
+        return {"server": proc.pid, "store": self.store.pid}
+
     def _chat_and_group(
-        self, target: str, url: str, users: dict[str, list[dict[str, Any]]] | None
+        self, target: str, url: str, users: dict[str, list[dict[str, Any]]] | None, pids: dict[str, int]
     ) -> dict[str, Any]:
         s = self.sizes
         if users is None:  # the baselines: no accounts, every client on a WebSocket
@@ -490,6 +496,7 @@ class Bench:
                 "store_url": store_url,
                 # The issue's latency targets are set at this rate: measured even past saturation.
                 "must_reach": [report.P99_TARGET_RATE] if report.P99_TARGET_RATE in s.rates else [],
+                "pids": pids,
             },
             ladder_secs,
         )
@@ -517,6 +524,7 @@ class Bench:
                 "secs": s.group_secs,
                 "drain_secs": s.drain_secs * 2,
                 "store_url": store_url,
+                "pids": pids,
             },
             s.group_secs + s.drain_secs * 2,
         )
@@ -627,6 +635,7 @@ class Bench:
                 "seeders": users["seeders"],
                 "backlog": s.storm_backlog,
                 "timeout_secs": 120,
+                "pids": self._pids(proc),
             },
             240,
         )

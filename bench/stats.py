@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["LatencySummary", "median", "percentile", "ratio", "summarize"]
+__all__ = ["LatencySummary", "cpu_ms_per", "median", "percentile", "ratio", "summarize"]
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float:
@@ -53,3 +53,11 @@ def ratio(ours: float, theirs: float) -> float:
     if not theirs or math.isnan(theirs) or math.isnan(ours):
         return math.nan
     return ours / theirs
+
+
+def cpu_ms_per(cpu_secs: Mapping[str, float], count: int,
+               counted: Callable[[str], bool] = lambda name: True) -> float:
+    """CPU milliseconds of the processes ``counted`` names (all by default) per message; NaN when no
+    message or no such process was measured (a cost of nothing, or of nobody, means nothing)."""
+    secs = [v for name, v in cpu_secs.items() if counted(name)]
+    return sum(secs) * 1000 / count if count and secs else math.nan
