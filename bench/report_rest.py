@@ -21,6 +21,7 @@ RECEIPT_RATIO_TARGET = 1.5  # REST send -> receipt p50 <= this x the SDK's send 
 CLOSED_LOOP_TARGET = 1000.0  # msg/s delivered by the closed loop of REST senders
 BARE_RATIO_TARGET = 0.5  # the closed loop's msg/s >= this x bare Tornado's doing the same job
 RECEIVERS = (("ws", "WebSocket"), ("longpoll", "long-poll"))
+BARE_JOBS = ("bare", "bare_after")
 STORE_COMMANDS = ("insert", "query", "update", "delete", "command")
 PROFILE_TOP = 12
 
@@ -58,7 +59,10 @@ def rest_headline(results: dict[str, Any]) -> dict[str, Any]:
             figures[f"receipt_ratio_{transport}_{step['rate']:g}"] = ratio(
                 _p50(step.get("rest")), _p50(step.get("sdk")))
         figures[f"closed_{transport}"] = job.get("closed", {}).get("delivered_per_sec", math.nan)
-    figures["closed_bare"] = jobs.get("bare", {}).get("closed", {}).get("delivered_per_sec", math.nan)
+    # Bare Tornado ran before and after ours: ours is compared with the mean of the two.
+    bare = [jobs[key]["closed"]["delivered_per_sec"] for key in BARE_JOBS if "closed" in jobs.get(key, {})]
+    figures["closed_bare_runs"] = bare
+    figures["closed_bare"] = sum(bare) / len(bare) if bare else math.nan
     figures["bare_ratio"] = ratio(figures["closed_ws"], figures["closed_bare"])
     rounds = [r for _, _, r in _rounds(results)]
     for what in ("lost", "duplicated", "reordered"):
@@ -100,7 +104,8 @@ def rest_summary_rows(results: dict[str, Any]) -> list[tuple[Any, ...]]:
     ))
     rows.append((
         "closed loop of REST senders, ours / bare Tornado with no storage (WebSocket receivers)",
-        f"{times(h['bare_ratio'])} ({fmt(h['closed_ws'])} / {fmt(h['closed_bare'])} msg/s)",
+        f"{times(h['bare_ratio'])} ({fmt(h['closed_ws'])} / {fmt(h['closed_bare'])} msg/s, the mean of "
+        f"bare Tornado's {' and '.join(fmt(v) for v in h['closed_bare_runs']) or 'n/a'} before and after)",
         f">= {BARE_RATIO_TARGET:g}x",
         met(_ok(h["bare_ratio"], BARE_RATIO_TARGET)),
     ))
@@ -191,7 +196,8 @@ def _closed_table(results: dict[str, Any]) -> list[str]:
           "receipt came back", ""]
     md += table(("job", "sends acked", "delivered", *DELIVERY_HEADERS), rows)
     md += [
-        f"Ours / bare Tornado, WebSocket receivers: {times(h['bare_ratio'])} (target >= "
+        f"Ours / bare Tornado, WebSocket receivers: {times(h['bare_ratio'])} against the mean of bare "
+        f"Tornado's runs before and after ours ({fmt(h['closed_bare'])} msg/s; target >= "
         f"{BARE_RATIO_TARGET:g}x: {met(_ok(h['bare_ratio'], BARE_RATIO_TARGET))}); ours delivered "
         f"{fmt(h['closed_ws'])} and {fmt(h['closed_longpoll'])} msg/s with WebSocket and long-poll "
         f"receivers (target >= {CLOSED_LOOP_TARGET:,.0f}: "
@@ -319,7 +325,8 @@ def rest_section(results: dict[str, Any]) -> list[str]:
         "work falls on both alike; `delivered msg/s` is over a kind's own slices. Closed loop: "
         f"{sizes.get('messages', '?')} messages per REST sender, each sent when the previous receipt came "
         "back; the same job against `bench/bare_tornado.py`'s `POST /api/v1/messages` (push to the "
-        "receiver's WebSocket, answer a receipt; no storage, no auth) is the ceiling of the framework. "
+        "receiver's WebSocket, answer a receipt; no storage, no auth), run before and after ours, is the "
+        "ceiling of the framework. "
         "`receipt`: POST (or the SDK's send call) -> receipt (the SDK's `sent` frame), retries included; "
         "`e2e`: the send time written in the body -> the receiver's callback. `lost`, `duplicated`, "
         "`reordered` as in the scale-out part (per sender, acknowledged sends only). Everything ran on "

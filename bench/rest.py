@@ -6,16 +6,17 @@ for the REST send -> receipt to be within 1.5x of the SDK's send -> ``sent`` at 
 for a closed loop of 20 REST senders to deliver >= 1,000 msg/s and >= 0.5x a bare Tornado server doing
 the same REST job with no storage, and for where a REST send's time goes. All measured in one run.
 
-Jobs (each one load-generator process, ``bench/restload.py``; ``rest_senders`` senders of each kind and
-as many receivers, fresh accounts per job):
+Jobs, in this order (each one load-generator process, ``bench/restload.py``; ``rest_senders`` senders
+of each kind and as many receivers, fresh accounts per job):
 
-1. ``ws``: the server as ``make run`` starts it (``Bench.start_server``: limits off), receivers online
-   over WebSocket: the paced ladder at ``rest_rates`` (REST senders, then SDK senders, per rate), then
-   ``rest_messages`` per REST sender in closed loop, then a closed loop of ``rest_profile_secs`` with
-   py-spy on the server and on the store (``bench/profile.py``);
-2. ``longpoll``: the same server, receivers on long-poll: the ladder and the closed loop;
-3. ``bare``: ``bench/bare_tornado.py`` (its ``POST /api/v1/messages``: push to the receivers' sockets,
-   answer a receipt; no storage, no auth), WebSocket receivers: the same closed loop.
+1. ``bare``: ``bench/bare_tornado.py`` (its ``POST /api/v1/messages``: push to the receivers' sockets,
+   answer a receipt; no storage, no auth), WebSocket receivers: the closed loop of step 2;
+2. ``ws``: the server as ``make run`` starts it (``Bench.start_server``: limits off), receivers online
+   over WebSocket: the paced ladder at ``rest_rates`` (REST and SDK senders taking turns in slices),
+   then ``rest_messages`` per REST sender in closed loop, then a closed loop of ``rest_profile_secs``
+   with py-spy on the server and on the store (``bench/profile.py``);
+3. ``longpoll``: the same server, receivers on long-poll: the ladder and the closed loop;
+4. ``bare_after``: bare Tornado's closed loop again, so ours is compared with the two around it.
 
 Every process started here is stopped at the end, failed or not.
 """
@@ -56,10 +57,14 @@ class Job:
     label: str
 
 
+# In the order they run. Bare Tornado before and after ours: the machine's other work moves a
+# closed loop's rate a lot between minutes (1,027 to 3,000 msg/s for bare Tornado across three runs
+# of one hour), so ours is compared with the two around it.
 JOBS = (
+    Job("bare", "tornado", "ws", "bare Tornado (no storage), WebSocket receivers, before ours"),
     Job("ws", "im", "ws", "ours, WebSocket receivers"),
     Job("longpoll", "im", "longpoll", "ours, long-poll receivers"),
-    Job("bare", "tornado", "ws", "bare Tornado (no storage), WebSocket receivers"),
+    Job("bare_after", "tornado", "ws", "bare Tornado (no storage), WebSocket receivers, after ours"),
 )
 # Progress-bar steps of this part (one per job).
 STEPS = len(JOBS)
@@ -75,8 +80,7 @@ def measure(bench: Bench) -> dict[str, Any]:
         "senders": s.rest_senders, "rates": s.rest_rates, "step_secs": s.rest_step_secs,
         "messages": s.rest_messages, "profile_secs": s.rest_profile_secs,
     }}
-    for target in ("im", "tornado"):
-        jobs = [job for job in JOBS if job.target == target]
+    for target, jobs in _servers():
         with ExitStack() as stack:
             bench.step(f"rest: starting {'the server' if target == 'im' else 'bare Tornado'}")
             try:
@@ -100,6 +104,17 @@ def measure(bench: Bench) -> dict[str, Any]:
                     results["jobs"].setdefault(job.key, {})["label"] = job.label
                     bench.done()
     return results
+
+
+def _servers() -> list[tuple[str, list[Job]]]:
+    """JOBS in order, grouped by the server they run on (one server started per group)."""
+    groups: list[tuple[str, list[Job]]] = []
+    for job in JOBS:
+        if groups and groups[-1][0] == job.target:
+            groups[-1][1].append(job)
+        else:
+            groups.append((job.target, [job]))
+    return groups
 
 
 def _failed(bench: Bench, results: dict[str, Any], job: Job, text: str) -> None:
