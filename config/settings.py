@@ -87,6 +87,10 @@ class Settings:
     )
     max_devices_per_user: int = _setting(20, "devices whose cursors are kept per user")
     commit_max_batch: int = _setting(256, "most messages written in one group-commit transaction")
+    send_queue_max_wait_secs: float = _setting(
+        2.0, "client sends are refused (503 overloaded) while the oldest queued one waited longer (0: never)")
+    send_queue_max: int = _setting(
+        20_000, "client sends are refused (503 overloaded) while this many are queued (0: no cap)")
     commit_max_in_flight: int = _setting(
         2, "group-commit transactions written at once (over disjoint inboxes: per-inbox order is kept)")
     ack_linger_secs: float = _setting(

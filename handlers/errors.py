@@ -11,6 +11,7 @@ from im.errors import (
     ImError,
     InvalidInput,
     NotFoundError,
+    Overloaded,
     RateLimited,
     StoreUnavailable,
     TooLarge,
@@ -26,6 +27,7 @@ _STATUS: tuple[tuple[type[ImError], int], ...] = (
     (NotFoundError, 404),
     (ConflictError, 409),
     (RateLimited, 429),
+    (Overloaded, 503),
     (StoreUnavailable, 503),
 )
 
@@ -39,6 +41,9 @@ def http_status(error: ImError) -> int:
 
 def error_frame(error: ImError, *, rid: Any = None) -> dict[str, Any]:
     frame: dict[str, Any] = {"t": "error", **error.to_dict()}
+    retry_after = getattr(error, "retry_after_secs", None)
+    if retry_after is not None:  # what Retry-After says over HTTP
+        frame["retry_after"] = max(1, round(retry_after))
     if rid is not None:
         frame["rid"] = rid
     return frame

@@ -85,6 +85,17 @@ class RateLimited(ImError):
         self.retry_after_secs = retry_after_secs
 
 
+class Overloaded(ImError):
+    """The node has more work queued than it can do soon; nothing was accepted, retry after
+    ``retry_after_secs`` (a refusal that costs the node little, instead of a send that times out)."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_secs: float) -> None:
+        super().__init__(message)
+        self.retry_after_secs = retry_after_secs
+
+
 class StoreUnavailable(ImError):
     """The database cannot be reached or refused the write; nothing was acknowledged, retry later."""
 

@@ -29,6 +29,8 @@ class Draft:
     # Called with the receipt once the message is durable, before any notify of it is published: a
     # sender's socket that takes its own entries from receipts is then not woken for them.
     before_notify: Callable[[Receipt], None] | None = field(default=None, compare=False, repr=False)
+    # When it was queued for the group commit (the loop's clock): how long the queue makes sends wait.
+    queued_at: float = field(default=0.0, compare=False, repr=False)
 
     @property
     def dedup_key(self) -> tuple[str, str]:

@@ -13,6 +13,7 @@ from im.accounts.tokens import TokenIssuer
 from im.accounts.users import UserStore
 from im.conversations.keys import KEYS_COLLECTION, keyring_from
 from im.conversations.service import Conversations
+from im.delivery.admission import SendAdmission
 from im.delivery.cache import InboxCache
 from im.delivery.hub import Hub
 from im.delivery.inboxes import Inboxes
@@ -126,4 +127,6 @@ def _service(settings: Settings, mongo_url: str, topology: Topology, hub: Hub) -
         webhooks=webhooks_from(settings, metrics),
         login_policy=settings.login_policy, commit_max_batch=settings.commit_max_batch,
         commit_max_in_flight=settings.commit_max_in_flight,
+        admission=SendAdmission(max_wait_secs=settings.send_queue_max_wait_secs,
+                                max_queued=settings.send_queue_max),
     )

@@ -22,6 +22,7 @@ from im.conversations.friends import Relation
 from im.conversations.groups import Group
 from im.conversations.receipt_writer import ReceiptWriter
 from im.conversations.service import Conversations
+from im.delivery.admission import SendAdmission
 from im.delivery.hub import Hub, InboxListener
 from im.delivery.inboxes import Inboxes
 from im.delivery.receiving import Receiver
@@ -45,6 +46,7 @@ class MessagingService:
         self, *, store: Store, topology: Topology, hub: Hub, accounts: Accounts, inboxes: Inboxes,
         conversations: Conversations, limits: Limits, metrics: Metrics, webhooks: WebhookSender | None,
         login_policy: str, commit_max_batch: int, commit_max_in_flight: int,
+        admission: SendAdmission | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -56,7 +58,7 @@ class MessagingService:
         self._conversations = conversations
         self._sender = Sender(inboxes, conversations, topology.bus, limits=limits, metrics=metrics,
                               webhooks=webhooks, commit_max_batch=commit_max_batch,
-                              commit_max_in_flight=commit_max_in_flight)
+                              commit_max_in_flight=commit_max_in_flight, admission=admission)
         self._receipts = ReceiptWriter(self._sender.committer, inboxes, conversations.receipts,
                                        conversations.markers)
         self._connections = Connections(hub, topology.presence, route_kick=topology.route_kick,

@@ -179,3 +179,14 @@ class GroupCommitter(NaturalBatcher[Draft, Receipt]):
         super().__init__(write_batch, max_batch=max_batch, what="messages",
                          failure="the message could not be stored; retry with the same client_msg_id",
                          keys_of=_inboxes, max_in_flight=max_in_flight)
+
+    def enqueue(self, item: Draft) -> asyncio.Future[Receipt]:
+        item.queued_at = asyncio.get_running_loop().time()
+        return super().enqueue(item)
+
+    def oldest_wait(self) -> float:
+        """How long the oldest draft still queued has waited (0 when none is): items left behind by a
+        batch go back to the front in their order, so the front is the oldest."""
+        if not self._queue:
+            return 0.0
+        return asyncio.get_running_loop().time() - self._queue[0][0].queued_at

@@ -16,6 +16,7 @@ from im.cluster.bus import Bus
 from im.cluster.news import InboxNews
 from im.conversations.receipts import RECEIPT_KIND
 from im.conversations.service import Conversations, Target
+from im.delivery.admission import SendAdmission
 from im.delivery.batching import GroupCommitter
 from im.delivery.inboxes import Inboxes
 from im.errors import ImError
@@ -36,13 +37,14 @@ BeforeNotifyFn = Callable[[Receipt], None]
 class Sender:
     def __init__(self, inboxes: Inboxes, conversations: Conversations, bus: Bus, *, limits: Limits,
                  metrics: Metrics, webhooks: WebhookSender | None, commit_max_batch: int,
-                 commit_max_in_flight: int) -> None:
+                 commit_max_in_flight: int, admission: SendAdmission | None = None) -> None:
         self._inboxes = inboxes
         self._conversations = conversations
         self._bus = bus
         self._limits = limits
         self._metrics = metrics
         self._webhooks = webhooks
+        self._admission = admission or SendAdmission()
         self.committer = GroupCommitter(self._write_and_notify, max_batch=commit_max_batch,
                                         max_in_flight=commit_max_in_flight)
 
@@ -109,8 +111,10 @@ class Sender:
         return self._enqueue(principal.user, request, target, request.body, before_notify)
 
     def _check_rate(self, sender: str) -> None:
+        """The sender's rate, then the node's room (both before anything is read from the store)."""
         if self._limits.sends_per_user is not None:
             self._limits.sends_per_user.check(sender)
+        self._admission.check(self.committer, self._metrics)
 
     def _enqueue(self, sender: str, request: SendRequest, target: Target, body: Any,
                  before_notify: BeforeNotifyFn | None) -> asyncio.Future[Receipt]:

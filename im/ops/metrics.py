@@ -81,6 +81,10 @@ class Metrics:
         self.webhook_deliveries = Counter("im_webhook_deliveries_total",
                                           "Webhook POST outcomes: ok, retry, failed, dropped", ["outcome"],
                                           registry=r)
+        self.sends_refused = Counter(
+            "im_sends_refused_total",
+            "Client sends refused as overloaded (503), by reason: queue_full, queue_wait",
+            ["reason"], registry=r)
         self._live = _LiveGauges()
         r.register(self._live)
 
