@@ -314,6 +314,20 @@ class RedisClusterServers:
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # redis-cli colours its [ERR]/[OK] lines even into a pipe
 
 
+async def command_calls(server: AnyRedisServer, command: str) -> int:
+    """How many times ``command`` (e.g. ``"get"``) was served so far, summed over every master."""
+    urls = [server.url] if isinstance(server, RedisServer) else server.urls
+    total = 0
+    for url in urls:
+        plain = Redis.from_url(url)
+        try:
+            stats = await plain.info("commandstats")
+        finally:
+            await plain.aclose()
+        total += stats.get(f"cmdstat_{command}", {}).get("calls", 0)
+    return total
+
+
 def _text(output: str | bytes | None) -> str:
     if output is None:
         return ""

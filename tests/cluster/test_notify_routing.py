@@ -6,21 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from redis.asyncio import Redis
 
 from tests.cluster.conftest import StartNodes
-from tests.cluster.procs import AnyRedisServer, RedisServer
-
-
-async def hkeys_calls(server: AnyRedisServer) -> int:
-    urls = [server.url] if isinstance(server, RedisServer) else server.urls
-    total = 0
-    for url in urls:
-        plain = Redis.from_url(url)
-        stats = await plain.info("commandstats")
-        await plain.aclose()
-        total += stats.get("cmdstat_hkeys", {}).get("calls", 0)
-    return total
+from tests.cluster.procs import RedisServer, command_calls
 
 
 @pytest.mark.parametrize("redis_server", ["single", "cluster"], indirect=True)
@@ -45,10 +33,10 @@ async def test_lookups_are_remembered_between_batches(start_nodes: StartNodes, r
     y = await two.user("yvonne")
     async with two.ws(y) as ws:
         await asyncio.sleep(0.2)
-        before = await hkeys_calls(redis_server)
+        before = await command_calls(redis_server, "hkeys")
         for i in range(20):
             assert (await one.send(x, "yvonne", f"m{i}")).status == 201
-        lookups = await hkeys_calls(redis_server) - before
+        lookups = await command_calls(redis_server, "hkeys") - before
         last = 0
         got: list[str] = []
         while len(got) < 20:
