@@ -36,7 +36,7 @@ clean:
 reliability: system-deps $(VENV)/.installed-test
 	IM_WRITE_RELIABILITY_DOC=1 $(PY) -m pytest tests/test_fuzz.py tests/reliability
 
-# The benchmark (~5 minutes on 2 cores): bench/results/REPORT.md and its plots. BENCH_ARGS=--quick for
+# The benchmark (~7.5 minutes on 2 cores): bench/results/REPORT.md and its plots. BENCH_ARGS=--quick for
 # a one-minute smoke run; `$(PY) -m bench.run --help` lists every size.
 bench: $(VENV)/.installed-bench
 	$(PY) -m bench.run $(BENCH_ARGS)
