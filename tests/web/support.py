@@ -112,6 +112,17 @@ DESKTOP = {"width": 1100, "height": 720}
 PHONE = {"width": 390, "height": 780}
 
 
+async def evaluate_on_client(browser: Any, base_url: str, script: str, arg: Any = None) -> Any:
+    """Run ``script`` (a JS function) in a fresh page of the web client and return its result: the
+    client's own modules are then tested as the browser loads them."""
+    page = await browser.new_page()
+    try:
+        await page.goto(base_url + "/")
+        return await page.evaluate(script, arg)
+    finally:
+        await page.close()
+
+
 async def screenshots(page: Page, artifacts_dir: Path, name: str, *,
                       widths: tuple[str, ...] = ("desktop", "phone")) -> list[Path]:
     """The page as it is now, at desktop and phone width, in the light and the dark theme.

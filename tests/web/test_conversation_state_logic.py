@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.helpers import Node
+from tests.web.support import evaluate_on_client
 
 SCRIPT = """
 async () => {
@@ -65,12 +66,7 @@ async () => {
 
 
 async def test_summaries_and_inbox_entries_combine(node: Node, browser: Any) -> None:
-    page = await browser.new_page()
-    try:
-        await page.goto(node.base_url + "/")
-        out = await page.evaluate(SCRIPT)
-    finally:
-        await page.close()
+    out = await evaluate_on_client(browser, node.base_url, SCRIPT)
     assert out["inboxFirst"] == 2
     assert out["summaryFirst"] == 3
     assert out["newer"] == 4

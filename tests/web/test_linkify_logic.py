@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import Node
+from tests.web.support import evaluate_on_client
 
 SCRIPT = """
 async (texts) => {
@@ -48,12 +49,7 @@ CASES: list[tuple[str, list[tuple[str, str]]]] = [  # text, [(href, link text)]
 
 @pytest.fixture
 async def results(node: Node, browser: Any) -> list[dict[str, Any]]:
-    page = await browser.new_page()
-    try:
-        await page.goto(node.base_url + "/")
-        return await page.evaluate(SCRIPT, [text for text, _ in CASES])
-    finally:
-        await page.close()
+    return await evaluate_on_client(browser, node.base_url, SCRIPT, [text for text, _ in CASES])
 
 
 async def test_only_http_https_and_mailto_become_links(results: list[dict[str, Any]]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.helpers import Node
+from tests.web.support import evaluate_on_client
 
 SCRIPT = """
 async () => {
@@ -39,12 +40,7 @@ async () => {
 
 
 async def test_cursor_rules(node: Node, browser: Any) -> None:
-    page = await browser.new_page()
-    try:
-        await page.goto(node.base_url + "/")
-        out = await page.evaluate(SCRIPT)
-    finally:
-        await page.close()
+    out = await evaluate_on_client(browser, node.base_url, SCRIPT)
     assert out["first"] == [1, 2, 3]
     assert out["dupes"] == [4]
     assert out["unordered"] == [5, 6]
@@ -68,12 +64,7 @@ async () => {
 
 async def test_features_follow_the_servers_spec(node: Node, browser: Any) -> None:
     """The client turns on exactly the features whose paths the server's OpenAPI document lists."""
-    page = await browser.new_page()
-    try:
-        await page.goto(node.base_url + "/")
-        out = await page.evaluate(FEATURES_SCRIPT)
-    finally:
-        await page.close()
+    out = await evaluate_on_client(browser, node.base_url, FEATURES_SCRIPT)
     assert "/api/v1/messages" in out["paths"] and "/api/v1/poll" in out["paths"]
     assert out["presence"] == ("/api/v1/presence" in out["paths"])
     assert out["groups"] == ("/api/v1/groups" in out["paths"])
