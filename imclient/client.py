@@ -64,6 +64,10 @@ SEND_DEADLINE_SECS = 60.0
 ACK_INTERVAL_SECS = 1.0
 # Entries per pull: large pages keep round trips few when a client comes back from being offline.
 PULL_LIMIT = 200
+# A WebSocket client that heard no notify for this long pulls anyway: a notify is a hint, and one that
+# never came must delay a message by this much at most, never indefinitely (long-poll needs no such
+# rule: each poll ends within its timeout and the next one asks again). 0 turns it off.
+IDLE_PULL_SECS = 30.0
 # A new SDK-owned HTTP client: one slot for the long-poll, the rest for concurrent sends.
 OWN_HTTP_MAX_CLIENTS = 8
 
@@ -100,6 +104,7 @@ class Client:
         http: tornado.httpclient.AsyncHTTPClient | None = None, rand: random.Random | None = None,
         token: str | None = None, ack_interval_secs: float = ACK_INTERVAL_SECS,
         on_notify: NotifyHook | None = None, state_path: str | os.PathLike[str] | None = None,
+        idle_pull_secs: float = IDLE_PULL_SECS,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}")
@@ -116,6 +121,7 @@ class Client:
         self.poll_timeout_secs = poll_timeout_secs
         self.pull_limit = pull_limit
         self.ack_interval_secs = ack_interval_secs
+        self.idle_pull_secs = idle_pull_secs
         self._own_http = http is None
         self.rest = RestClient(http or tornado.httpclient.AsyncHTTPClient(
             force_instance=True, max_clients=OWN_HTTP_MAX_CLIENTS))

@@ -101,7 +101,7 @@ class WsSession:
         self._wake.set()
         try:
             while not client._closing:
-                await self._wake.wait()
+                await self._woken_or_idle()
                 self._wake.clear()
                 if ws.closed:
                     break
@@ -125,6 +125,16 @@ class WsSession:
             await ws.ended
         if client.stopped_reason == "kicked":
             raise Kicked("kicked")
+
+    async def _woken_or_idle(self) -> None:
+        """Until a notify (or a closed socket, or an own send) asks for a pull, or ``idle_pull_secs``
+        pass without one."""
+        idle = self._client.idle_pull_secs
+        if idle <= 0:
+            await self._wake.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), idle)
 
     def close(self) -> None:
         """The client is closing: ack what was delivered, then close the socket."""

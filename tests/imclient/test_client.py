@@ -352,3 +352,14 @@ async def test_starts_with_a_given_token_and_logs_in_again_when_it_is_revoked(no
         assert sdk.token != token
     finally:
         await sdk.close()
+
+
+async def test_a_websocket_client_that_hears_no_notify_pulls_when_idle(node: Node) -> None:
+    """A notify is a hint: one that never comes delays a message by ``idle_pull_secs`` at most."""
+    got = Inbox()
+    async with client(node.base_url, "bob", got, transport="ws", idle_pull_secs=0.5):
+        alice = await node.user("alice")
+        for socket in node.service.hub.table.connections["bob"]:
+            socket.inbox_changed = lambda seq: None  # type: ignore[method-assign]  # its notifies are lost
+        await node.send(alice, "bob", "no notify for this one")
+        assert await got.wait_for(1, sender="alice", timeout=5) == ["no notify for this one"]
