@@ -19,7 +19,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from im.delivery.batching import NaturalBatcher
 from im.delivery.parts import InboxParts
 from im.delivery.trims import Ack, TrimSchedule
-from im.errors import ImError, InvalidInput, StoreUnavailable
+from im.errors import ImError, InvalidInput, Overloaded, StoreUnavailable
 from im.models import AckResult
 from im.storage.store import inbox_range, store_errors, utcnow
 
@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 TRIM_READ_PAGE = 500
 # Acknowledgements written together (one cursor bulk write, one floor bulk write per batch).
 ACK_MAX_BATCH = 512
+# Acknowledgements queued at most; beyond, one is refused (overloaded) and the device acks again later,
+# which loses nothing (a cursor only moves forward), so the queue's memory stays bounded.
+ACK_QUEUE_MAX = 50_000
 # A single-device user's stored cursor is rewritten once it is this old (see ``_cursor_due``), or a
 # tenth of the device idle time when that is shorter: staleness must not make an active device look idle.
 CURSOR_REFRESH_SECS = 60.0
@@ -109,11 +112,23 @@ class AckWriter:
 
     async def ack(self, user: str, device: str, *, upto: int, now: datetime | None = None) -> AckResult:
         """Record that ``device`` holds everything <= ``upto`` and trim what every active device holds."""
+        self._check_room()
         return await self._batcher.submit(Ack(user, device, upto, now or utcnow()))
 
     def ack_nowait(self, user: str, device: str, *, upto: int) -> asyncio.Future[AckResult]:
         """:meth:`ack` queued at once; the future has its outcome (nothing needs to wait for it)."""
+        try:
+            self._check_room()
+        except Overloaded as refused:
+            future: asyncio.Future[AckResult] = asyncio.get_running_loop().create_future()
+            future.set_exception(refused)
+            return future
         return asyncio.ensure_future(self._batcher.enqueue(Ack(user, device, upto, utcnow())))
+
+    def _check_room(self) -> None:
+        if self._batcher.queued >= ACK_QUEUE_MAX:
+            raise Overloaded(f"{self._batcher.queued} acknowledgements are waiting to be stored; ack again "
+                             "shortly", retry_after_secs=1.0)
 
     async def settle(self, user: str) -> None:
         """Write every acknowledgement queued so far, and ``user``'s trim if the trim interval put it

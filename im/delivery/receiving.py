@@ -11,7 +11,7 @@ from im.accounts.tokens import Principal
 from im.cluster.connections import Connections
 from im.delivery.inboxes import Inboxes
 from im.delivery.waiters import PollWaiter, cancel_swallowed
-from im.errors import ConflictError, InvalidInput
+from im.errors import ConflictError, InvalidInput, Overloaded
 from im.lru import LruDict
 from im.models import AckResult, PullResult
 from im.ops.metrics import Metrics
@@ -111,6 +111,8 @@ class Receiver:
         exc = outcome.exception()
         if exc is None:
             self._remember_ack(principal, outcome.result().cursor)
+        elif isinstance(exc, Overloaded):
+            self._acked.pop((principal.user, principal.device), None)  # the next poll acknowledges again
         elif not isinstance(exc, InvalidInput):  # InvalidInput: `after` beyond the head (another epoch)
             # Not lost: the next poll acknowledges again (the cursor only ever moves forward).
             self._acked.pop((principal.user, principal.device), None)

@@ -9,7 +9,7 @@ import pytest
 
 from im.delivery.acks import CursorState, trim_floor
 from im.delivery.inboxes import Inboxes
-from im.errors import InvalidInput
+from im.errors import InvalidInput, Overloaded
 from im.storage.store import Store
 from tests.helpers import eventually, untrimmed_seqs
 from tests.im.conftest import draft, make_inboxes
@@ -240,3 +240,16 @@ async def test_acks_inside_the_trim_interval_are_written_with_the_next_trim(stor
     assert (await inbox.ack("b", "phone", upto=8)).cursor == 8  # held again
     await inbox.close_acks()
     assert await untrimmed_seqs(store, "b") == []
+
+
+async def test_acks_beyond_the_queue_bound_are_refused_and_nothing_is_written(
+        inbox: Inboxes, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    (receipt,) = await inbox.append([draft("a", "b", "m1")])
+    monkeypatch.setattr("im.delivery.acks.ACK_QUEUE_MAX", 0)  # the queue counts as full
+    with pytest.raises(Overloaded):
+        await inbox.ack("b", "phone", upto=receipt.seqs["b"])
+    with pytest.raises(Overloaded):
+        await inbox.ack_nowait("b", "phone", upto=receipt.seqs["b"])
+    assert await store.cursors.count_documents({"user": "b"}) == 0
+    monkeypatch.setattr("im.delivery.acks.ACK_QUEUE_MAX", 50_000)
+    assert (await inbox.ack("b", "phone", upto=receipt.seqs["b"])).cursor == receipt.seqs["b"]
