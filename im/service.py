@@ -242,7 +242,7 @@ class MessagingService:
         return await self._conversations.conversations(user, before=before, limit=limit)
 
     async def receipt_summary(self, user: str, msg_id: str) -> dict[str, Any]:
-        return await self._conversations.receipt_summary(user, msg_id)
+        return await self._conversations.receipt_summary(user, msg_id, floor_of=self.inboxes.floor)
 
     async def start_upload(self, owner: str, *, to: str, group: str, name: str,
                            content_type: str | None) -> Upload:

@@ -2,8 +2,8 @@
 
 Groups are listed from the ``groups`` collection; a one-to-one conversation exists nowhere else but in
 the archive, whose messages cannot be grouped by peer without a scan. A pair is registered the first
-time this node sees it, before its first message is written, so every stored message's conversation
-is listed (a pair whose message was then refused is listed with no last message and skipped).
+time this node accepts a send of it, before that message is written, so every stored message's
+conversation is listed (a pair whose write then failed has no last message and is skipped).
 """
 
 from __future__ import annotations

@@ -184,11 +184,14 @@ class ReceiptStore:
         ]
 
     async def summary(self, msg_id: ObjectId) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """``(archived message, aggregate)`` of ``msg_id``, or None when there is no such message."""
+        """``(archived message, aggregate)`` of ``msg_id``, or None when there is no such message; a
+        one-to-one message has no aggregate (empty)."""
         async with store_errors("reading receipts"):
             message = await self._messages.find_one({"_id": msg_id}, {"body": 0})
             if message is None:
                 return None
+            if not is_group_conversation(message["conv"]):
+                return message, {}
             aggregate = await self._receipts.find_one({"_id": msg_id}) or {}
         return message, aggregate
 

@@ -8,7 +8,7 @@ Transports reach it through ``im/service.py``.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ from im.conversations.receipts import (
 )
 from im.errors import ForbiddenError, InvalidInput, NotFoundError
 from im.models import direct_conversation_id
-from im.storage.store import Store, store_errors
+from im.storage.store import Store
 
 __all__ = ["Conversations", "Target"]
 
@@ -63,7 +63,6 @@ class Conversations:
         self.receipts = ReceiptStore(db["receipts"], store.messages)
         self.files = FileStore(db, cipher=keys, max_bytes=file_max_bytes)
         self.history_reader = HistoryReader(store.messages, cipher=keys)
-        self._trims = store.trims
         self.directory = Directory(db["conversations"])
         self.markers = ReadMarkers(db["read_markers"])
         self.listing = ConversationList(self.groups, self.directory, self.markers, self.history_reader,
@@ -189,17 +188,20 @@ class Conversations:
     async def conversations(self, user: str, *, before: str | None, limit: int) -> dict[str, Any]:
         return await self.listing.page(user, before=before, limit=limit)
 
-    async def receipt_summary(self, user: str, msg_id: str) -> dict[str, Any]:
-        """Who a message was delivered to and who read it, for the conversation's participants."""
+    async def receipt_summary(self, user: str, msg_id: str, *,
+                              floor_of: Callable[[str], Awaitable[int]]) -> dict[str, Any]:
+        """Who a message was delivered to and who read it, for the conversation's participants
+        (``floor_of``: an inbox's trimmed floor, as the delivery core reads it)."""
         found = await self.receipts.summary(parse_msg_id(msg_id))
         if found is None or not await self.is_participant(user, found[0]["conv"]):
             raise NotFoundError(f"no message {msg_id!r}", code="unknown_message", field="msg_id")
         message, aggregate = found
         if not is_group_conversation(message["conv"]):
-            aggregate = await self._direct_receipts(message)
+            aggregate = await self._direct_receipts(message, floor_of)
         return summary_dict(message, aggregate)
 
-    async def _direct_receipts(self, message: dict[str, Any]) -> dict[str, Any]:
+    async def _direct_receipts(self, message: dict[str, Any],
+                               floor_of: Callable[[str], Awaitable[int]]) -> dict[str, Any]:
         """A one-to-one message's receipts, from its peer's read marker and inbox floor: a delivered
         receipt is written when the peer's inbox is trimmed past the message, so "trimmed past" and
         "delivered" agree; read implies delivered."""
@@ -210,9 +212,7 @@ class Conversations:
         read = marker is not None and marker >= message["_id"]
         if read:
             return {DELIVERED: [peer["u"]], READ: [peer["u"]]}
-        async with store_errors("reading receipts"):
-            floor = await self._trims.find_one({"_id": peer["u"]}, {"trimmed": 1})
-        delivered = floor is not None and floor.get("trimmed", 0) >= peer["s"]
+        delivered = await floor_of(peer["u"]) >= peer["s"]
         return {DELIVERED: [peer["u"]]} if delivered else {}
 
 

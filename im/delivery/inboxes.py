@@ -81,6 +81,10 @@ class Inboxes:
     async def head(self, user: str) -> int:
         return await self._reader.head(user)
 
+    async def floor(self, user: str) -> int:
+        """The highest seq trimmed from ``user``'s inbox (every active device acknowledged it)."""
+        return await self._reader.floor(user)
+
     async def ack(self, user: str, device: str, *, upto: int, now: datetime | None = None) -> AckResult:
         return await self._acks.ack(user, device, upto=upto, now=now)
 

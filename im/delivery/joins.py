@@ -31,10 +31,6 @@ class DeviceJoins:
         at = self._joined.touch((user, device))
         return at is not None and time.monotonic() - at < self._refresh_secs
 
-    def seen(self, user: str, device: str) -> None:
-        """The device's cursor was just written (an ack): it is active."""
-        self._joined.put((user, device), time.monotonic())
-
     async def join(self, user: str, device: str, *, after: int) -> None:
         """Make the device active at ``after`` (or its cursor, if higher): entries after it stay in the
         inbox until the device acknowledges them or goes idle."""
@@ -46,4 +42,4 @@ class DeviceJoins:
                 {"$max": {"seq": max(after, 0)},
                  "$set": {"user": user, "device": device, "seen_at": utcnow()}},
                 upsert=True)
-        self.seen(user, device)
+        self._joined.put((user, device), time.monotonic())

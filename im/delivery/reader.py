@@ -43,10 +43,10 @@ class InboxReader:
             if page is not None:
                 return page
         if after > head:
-            floor, docs = await self._floor(user), []
+            floor, docs = await self.floor(user), []
         else:
             floor, docs = await asyncio.gather(
-                self._floor(user), self._range(user, after, min(after + limit, head)))
+                self.floor(user), self._range(user, after, min(after + limit, head)))
         gap = after > head or after < floor
         start = floor if gap else after
         if start != after:
@@ -77,7 +77,7 @@ class InboxReader:
         return None if self._cache is None else self._cache.serve(
             user, after=after, limit=limit, head=head, epoch=epoch)
 
-    async def _floor(self, user: str) -> int:
+    async def floor(self, user: str) -> int:
         """The inbox floor: every entry <= it was trimmed (every active device holds it). Kept apart from
         the counter so that acknowledgements never write the document that sends write."""
         async with store_errors("reading an inbox floor"):

@@ -111,12 +111,11 @@ class Receiver:
         exc = outcome.exception()
         if exc is None:
             self._remember_ack(principal, outcome.result().cursor)
-        elif isinstance(exc, Overloaded):
-            self._acked.pop((principal.user, principal.device), None)  # the next poll acknowledges again
         elif not isinstance(exc, InvalidInput):  # InvalidInput: `after` beyond the head (another epoch)
             # Not lost: the next poll acknowledges again (the cursor only ever moves forward).
             self._acked.pop((principal.user, principal.device), None)
-            log.warning("acknowledging for a long-poll of %s failed: %s", principal.user, exc)
+            if not isinstance(exc, Overloaded):  # a full ack queue says so in /metrics, not per poll
+                log.warning("acknowledging for a long-poll of %s failed: %s", principal.user, exc)
 
     def _remember_ack(self, principal: Principal, cursor: int) -> None:
         self._acked.put((principal.user, principal.device), (cursor, time.monotonic()))
